@@ -1,0 +1,1 @@
+"""DDPM training framework."""

@@ -1,0 +1,281 @@
+"""Training images for the DDPM: dataset builders and the Lightning ``ImageDataModule``.
+
+Every builder returns a map-style dataset of ``(image, label)`` pairs whose images are float
+tensors of shape ``(C, H, W)`` scaled to ``[-1, 1]``. Each ``conf/data/*.yaml`` is one
+``ImageDataModule`` call whose ``dataset`` is a Hydra partial of one builder, so the dataset is
+chosen by picking the file. Missing or unreadable data raises :class:`DataError` with a one-line
+message that names the path and how to fix it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import torch
+import torchvision
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from ddpm.errors import ConfigError
+
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+
+
+class DataError(ConfigError):
+    """Data that is missing, unreadable or does not match the config (one-line message).
+
+    A :class:`~ddpm.errors.ConfigError` (hence a ``ValueError``), so the entry points report it
+    as a single line.
+    """
+
+
+class TensorImageDataset(Dataset):
+    """Images held in memory as integers ``0..max_value``, served as floats in ``[-1, 1]``.
+
+    ``images`` is an ``(N, C, H, W)`` tensor (kept as uint8 to save memory) and ``labels`` an
+    ``(N,)`` tensor of class indices.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, max_value: float = 255.0):
+        if images.ndim != 4 or len(images) != len(labels):
+            shapes = f"{tuple(images.shape)} and {len(labels)}"
+            raise ValueError(f"expected (N, C, H, W) images and N labels, got {shapes}")
+        self.images, self.labels, self.max_value = images, labels, float(max_value)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.images[index].float() * (2.0 / self.max_value) - 1.0
+        return image, int(self.labels[index])
+
+
+class RandomHFlip(Dataset):
+    """Wraps a dataset and mirrors each image left-right with probability ``p``, freshly per draw."""
+
+    def __init__(self, dataset: Dataset, p: float = 0.5):
+        self.dataset, self.p = dataset, p
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        if torch.rand(()).item() < self.p:
+            image = image.flip(-1)
+        return image, label
+
+
+def _root(root: str | Path) -> Path:
+    """The data root as an absolute path (``~`` expanded), so error messages are unambiguous."""
+    return Path(root).expanduser().absolute()
+
+
+def digits() -> TensorImageDataset:
+    """scikit-learn's 1,797 handwritten 8x8 digits (shipped with the package, no download): (1, 8, 8)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.as_tensor(bunch.images, dtype=torch.uint8).unsqueeze(1)  # pixel values 0..16
+    return TensorImageDataset(images, torch.as_tensor(bunch.target), max_value=16)
+
+
+def _read_idx(path: Path) -> torch.Tensor:
+    """Reads an MNIST-style idx file of unsigned bytes, gzipped or not."""
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        data = f.read()
+    if data[:3] != b"\x00\x00\x08":
+        raise DataError(f"'{path}' is not an idx file of unsigned bytes")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _mnist_like(cls: type, root: str | Path, train: bool, download: bool) -> TensorImageDataset:
+    """MNIST or Fashion-MNIST from ``root/<cls.__name__>/raw`` in torchvision's layout.
+
+    The idx files are read directly, packed (``.gz``) or unpacked: torchvision itself only reads
+    unpacked ones, which fails on a read-only root that holds just the downloaded ``.gz`` files.
+    """
+    root = _root(root)
+    raw = root / cls.__name__ / "raw"
+    split = "train" if train else "t10k"
+
+    def find(name: str) -> Path | None:
+        return next((p for p in (raw / name, raw / f"{name}.gz") if p.is_file()), None)
+
+    names = (f"{split}-images-idx3-ubyte", f"{split}-labels-idx1-ubyte")
+    if download and not all(map(find, names)):
+        cls(str(root), train=train, download=True)
+    files = [find(name) for name in names]
+    if not all(files):
+        raise DataError(
+            f"{cls.__name__} not found under '{root}': pass data.root=DIR that holds "
+            f"{cls.__name__}/raw, or data.download=true to fetch it"
+        )
+    images, labels = (_read_idx(f) for f in files)
+    return TensorImageDataset(images.unsqueeze(1), labels.long(), max_value=255)
+
+
+def mnist(root: str | Path, train: bool = True, download: bool = False) -> TensorImageDataset:
+    """MNIST digits from ``root/MNIST/raw`` (torchvision layout): (1, 28, 28), 60,000 train images."""
+    return _mnist_like(torchvision.datasets.MNIST, root, train, download)
+
+
+def fashion_mnist(root: str | Path, train: bool = True, download: bool = False) -> TensorImageDataset:
+    """Fashion-MNIST from ``root/FashionMNIST/raw`` (torchvision layout): (1, 28, 28), 60,000 train images."""
+    return _mnist_like(torchvision.datasets.FashionMNIST, root, train, download)
+
+
+def cifar10(root: str | Path, train: bool = True, download: bool = False) -> TensorImageDataset:
+    """CIFAR-10 from ``root/cifar-10-batches-py`` (torchvision layout, md5-checked): (3, 32, 32)."""
+    root = _root(root)
+    try:
+        ds = torchvision.datasets.CIFAR10(str(root), train=train, download=download)
+    except RuntimeError as e:
+        if download:
+            raise
+        raise DataError(
+            f"CIFAR-10 not found (or corrupt) under '{root}': pass data.root=DIR that holds "
+            f"cifar-10-batches-py, or data.download=true to fetch it"
+        ) from e
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> NCHW
+    return TensorImageDataset(images, torch.as_tensor(ds.targets), max_value=255)
+
+
+def _decodes(path: Path) -> bool:
+    """Whether PIL can fully decode ``path``; warns, naming the file, when it cannot."""
+    try:
+        with Image.open(path) as img:
+            img.load()  # a full decode: Image.verify() misses e.g. truncated JPEG data
+        return True
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
+        warnings.warn(f"skipping undecodable image '{path}': {e}", stacklevel=3)
+        return False
+
+
+class ImageFolderDataset(Dataset):
+    """Every image file under ``root`` (recursively), as a square ``(channels, image_size, image_size)``.
+
+    Files are matched by extension (:data:`IMAGE_EXTENSIONS`, any case; hidden files such as
+    macOS ``._*`` are ignored). Each image is converted to RGB (``channels=3``) or grayscale
+    (``channels=1``), its shorter side resized to ``image_size`` and centre-cropped. The label is
+    the index of the file's directory (relative to ``root``) in sorted order.
+
+    A file that cannot be decoded raises :class:`DataError` naming it when it is first read. With
+    ``skip_bad_files=True`` every file is instead decoded once here, up front, and the bad ones are
+    dropped with a warning naming each (sound, but it reads the whole folder once).
+    """
+
+    def __init__(self, root: str | Path, image_size: int, channels: int = 3, skip_bad_files: bool = False):
+        if channels not in (1, 3):
+            raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+        root = _root(root)
+        exts = ", ".join(IMAGE_EXTENSIONS)
+        if not root.is_dir():
+            raise DataError(f"image folder '{root}' does not exist: pass data.root=DIR holding {exts} images")
+        files = sorted(
+            p
+            for p in root.rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+        )
+        if skip_bad_files:
+            files = [p for p in files if _decodes(p)]
+        if not files:
+            readable = "decodable " if skip_bad_files else ""
+            raise DataError(f"no {readable}images under '{root}' (searched recursively for {exts})")
+        dirs = sorted({p.parent for p in files})
+        self.classes = [d.relative_to(root).as_posix() for d in dirs]
+        index = {d: i for i, d in enumerate(dirs)}
+        self.files, self.labels = files, [index[p.parent] for p in files]
+        self.image_size, self.mode = image_size, "RGB" if channels == 3 else "L"
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path = self.files[index]
+        try:
+            with Image.open(path) as img:
+                img = img.convert(self.mode)
+        except Exception as e:
+            hint = "set data.dataset.skip_bad_files=true to skip such files"
+            raise DataError(f"cannot decode image '{path}': {e} ({hint})") from e
+        img = TF.center_crop(TF.resize(img, self.image_size), self.image_size)
+        return TF.pil_to_tensor(img).float() / 127.5 - 1.0, self.labels[index]
+
+
+def image_folder(
+    root: str | Path, image_size: int, channels: int = 3, skip_bad_files: bool = False
+) -> ImageFolderDataset:
+    """Builder for :class:`ImageFolderDataset` (for symmetry with the other builders)."""
+    return ImageFolderDataset(root, image_size, channels, skip_bad_files)
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Serves shuffled training batches of ``(images in [-1, 1], labels)``; no validation data.
+
+    Args:
+        dataset: builds the training dataset when called (a Hydra ``_partial_`` of a builder above).
+        image_size, channels: the shape the dataset must yield, ``(channels, image_size, image_size)``;
+            exposed as attributes so the model config can interpolate them.
+        batch_size, num_workers: DataLoader settings (``drop_last=True``; persistent workers if any).
+        hflip: mirror images left-right at random (p=0.5), freshly each time one is drawn.
+        root, download: when given, passed on to ``dataset`` as keyword arguments, so the command
+            line can say ``data.root=DIR`` / ``data.download=true``.
+    """
+
+    def __init__(
+        self,
+        dataset: Callable[..., Dataset],
+        image_size: int,
+        channels: int,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        hflip: bool = False,
+        root: str | None = None,
+        download: bool | None = None,
+    ):
+        super().__init__()
+        self.build_dataset = dataset
+        self.image_size, self.channels = image_size, channels
+        self.batch_size, self.num_workers, self.hflip = batch_size, num_workers, hflip
+        self.dataset_kwargs = {k: v for k, v in (("root", root), ("download", download)) if v is not None}
+        self.train_set: Dataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Builds the dataset once and checks it against the declared shape and batch size."""
+        if self.train_set is not None:
+            return
+        dataset = self.build_dataset(**self.dataset_kwargs)
+        expected = (self.channels, self.image_size, self.image_size)
+        shape = tuple(dataset[0][0].shape)
+        if shape != expected:
+            raise DataError(
+                f"dataset yields images of shape {shape} but the config declares {expected} "
+                f"(data.channels={self.channels}, data.image_size={self.image_size})"
+            )
+        if len(dataset) < self.batch_size:
+            too_few = f"dataset has {len(dataset)} images, fewer than data.batch_size={self.batch_size}"
+            raise DataError(too_few)
+        self.train_set = RandomHFlip(dataset) if self.hflip else dataset
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled batches; the last partial batch is dropped."""
+        if self.train_set is None:
+            self.setup("fit")
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )

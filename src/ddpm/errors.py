@@ -1,0 +1,36 @@
+"""One error type for bad user input, reported by the entry points as a single line."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+
+class ConfigError(ValueError):
+    """A configuration or input value outside what is allowed; the message names both."""
+
+
+def root_config_error(exc: BaseException) -> ConfigError | None:
+    """The ConfigError behind ``exc`` (Hydra wraps errors raised while instantiating), if any."""
+    while exc is not None:
+        if isinstance(exc, ConfigError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def report_config_errors(fn):
+    """Run ``fn``; a ConfigError anywhere in the cause chain exits with one line on stderr."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            error = root_config_error(exc)
+            if error is None:
+                raise
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper

@@ -1,0 +1,195 @@
+"""Beta schedules and the closed-form Gaussian diffusion they define.
+
+Notation (Ho et al. 2020, "Denoising Diffusion Probabilistic Models"):
+    beta_t          noise added at step t                       ``betas``
+    alpha_t         1 - beta_t                                  ``alphas``
+    abar_t          prod_{s<=t} alpha_s                         ``alphas_cumprod``
+    q(x_t | x_0)    = N(sqrt(abar_t) x_0, (1 - abar_t) I)       ``q_sample``
+    q(x_{t-1} | x_t, x_0) = N(mu~_t, beta~_t I)                 ``posterior``
+    SNR(t)          abar_t / (1 - abar_t)                       ``snr``
+
+Timesteps are 0-based: t = 0 is the first noising step, t = T - 1 the last.
+Every derived quantity is computed once in float64 and stored as a float32 buffer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ddpm.errors import ConfigError
+
+
+class ScheduleError(ConfigError):
+    """A schedule parameter outside its allowed range."""
+
+
+def _check_timesteps(num_timesteps: int) -> None:
+    if not isinstance(num_timesteps, int) or isinstance(num_timesteps, bool) or num_timesteps <= 0:
+        raise ScheduleError(f"num_timesteps={num_timesteps!r} is not allowed: use a positive integer such as 1000")
+
+
+def _check_beta_range(beta_start: float, beta_end: float) -> None:
+    for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+        if not 0.0 < value < 1.0:
+            raise ScheduleError(f"{name}={value!r} is not allowed: betas must lie in the open interval (0, 1)")
+
+
+def linear_betas(num_timesteps: int, beta_start: float, beta_end: float) -> Tensor:
+    """Linear schedule of DDPM (Ho et al. 2020, Sec. 4): beta_t from beta_start to beta_end."""
+    _check_timesteps(num_timesteps)
+    _check_beta_range(beta_start, beta_end)
+    return torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+
+
+def quadratic_betas(num_timesteps: int, beta_start: float, beta_end: float) -> Tensor:
+    """Quadratic schedule: beta_t = (linspace(sqrt(beta_start), sqrt(beta_end)))^2.
+
+    With beta_start=0.00085, beta_end=0.012 this is Stable Diffusion's ``scaled_linear``.
+    """
+    _check_timesteps(num_timesteps)
+    _check_beta_range(beta_start, beta_end)
+    return torch.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=torch.float64) ** 2
+
+
+def sigmoid_betas(num_timesteps: int, beta_start: float, beta_end: float) -> Tensor:
+    """Sigmoid schedule of GeoDiff (Xu et al. 2022): beta_start + (beta_end - beta_start) sigmoid(linspace(-6, 6))."""
+    _check_timesteps(num_timesteps)
+    _check_beta_range(beta_start, beta_end)
+    ramp = torch.sigmoid(torch.linspace(-6.0, 6.0, num_timesteps, dtype=torch.float64))
+    return beta_start + (beta_end - beta_start) * ramp
+
+
+def cosine_alphas_cumprod(t: Tensor, s: float) -> Tensor:
+    """abar(t) = f(t) / f(0), f(t) = cos^2(pi/2 (t + s) / (1 + s)) for t in [0, 1] (Nichol & Dhariwal 2021, Eq. 17)."""
+    f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    return f / math.cos(s / (1 + s) * math.pi / 2) ** 2
+
+
+def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
+    """Cosine schedule (Nichol & Dhariwal 2021): beta_t = min(1 - abar(t+1)/abar(t), max_beta)."""
+    _check_timesteps(num_timesteps)
+    if s < 0:
+        raise ScheduleError(f"s={s!r} is not allowed: the cosine offset must be >= 0")
+    if not 0.0 < max_beta < 1.0:
+        raise ScheduleError(f"max_beta={max_beta!r} is not allowed: it must lie in (0, 1)")
+    grid = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
+    abar = cosine_alphas_cumprod(grid, s)
+    return (1 - abar[1:] / abar[:-1]).clamp(max=max_beta)
+
+
+def extract(buffer: Tensor, t: Tensor, ndim: int) -> Tensor:
+    """Gather ``buffer[t]`` for a batch of timesteps and shape it to broadcast over a (B, ...) tensor."""
+    return buffer[t].reshape(t.shape[0], *([1] * (ndim - 1)))
+
+
+class NoiseSchedule(nn.Module):
+    """The forward process of a DDPM and its posterior, from a vector of betas.
+
+    Args:
+        betas: (T,) noise variances, each in (0, 1). Cast to float64 before any derivation.
+    """
+
+    def __init__(self, betas: Tensor):
+        super().__init__()
+        betas = torch.as_tensor(betas, dtype=torch.float64)
+        if betas.ndim != 1 or betas.numel() == 0:
+            raise ScheduleError(f"betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}")
+        bad = ((betas <= 0) | (betas >= 1)).nonzero()
+        if bad.numel():
+            i = int(bad[0])
+            raise ScheduleError(f"beta[{i}]={betas[i].item():.6g} is not allowed: betas must lie in (0, 1)")
+
+        alphas = 1.0 - betas
+        abar = torch.cumprod(alphas, dim=0)
+        abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
+        # beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t)   (DDPM Eq. 7); beta~_0 = 0.
+        posterior_variance = betas * (1.0 - abar_prev) / (1.0 - abar)
+        # log beta~ with beta~_0 replaced by beta~_1, as log(0) is -inf (improved-diffusion).
+        clipped = torch.cat([posterior_variance[1:2], posterior_variance[1:]]) if len(betas) > 1 else betas
+        derived = {
+            "betas": betas,
+            "alphas": alphas,
+            "alphas_cumprod": abar,
+            "alphas_cumprod_prev": abar_prev,
+            "sqrt_alphas_cumprod": abar.sqrt(),
+            "sqrt_one_minus_alphas_cumprod": (1.0 - abar).sqrt(),
+            "sqrt_recip_alphas_cumprod": abar.rsqrt(),
+            "sqrt_recipm1_alphas_cumprod": (1.0 / abar - 1.0).sqrt(),
+            "posterior_variance": posterior_variance,
+            "posterior_log_variance_clipped": clipped.log(),
+            # mu~_t = coef1 x_0 + coef2 x_t   (DDPM Eq. 7)
+            "posterior_mean_coef1": betas * abar_prev.sqrt() / (1.0 - abar),
+            "posterior_mean_coef2": (1.0 - abar_prev) * alphas.sqrt() / (1.0 - abar),
+            "snr": abar / (1.0 - abar),
+        }
+        for name, value in derived.items():
+            self.register_buffer(name, value.to(torch.float32))
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.betas.shape[0]
+
+    def _coef(self, name: str, t: Tensor, x: Tensor) -> Tensor:
+        return extract(getattr(self, name), t, x.ndim)
+
+    def sample_timesteps(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+        """t ~ Uniform{0, ..., T-1}, shape (B,)."""
+        return torch.randint(0, self.num_timesteps, (batch_size,), device=device, generator=generator)
+
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps   (DDPM Eq. 4), in float32."""
+        x0, noise = x0.float(), noise.float()
+        return self._coef("sqrt_alphas_cumprod", t, x0) * x0 + self._coef("sqrt_one_minus_alphas_cumprod", t, x0) * noise
+
+    def posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)   (DDPM Eqs. 6-7)."""
+        mean = self._coef("posterior_mean_coef1", t, x_t) * x0 + self._coef("posterior_mean_coef2", t, x_t) * x_t
+        return mean, self._coef("posterior_variance", t, x_t), self._coef("posterior_log_variance_clipped", t, x_t)
+
+    def x0_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """x_0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
+        return self._coef("sqrt_recip_alphas_cumprod", t, x_t) * x_t - self._coef("sqrt_recipm1_alphas_cumprod", t, x_t) * eps
+
+    def eps_from_x0(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
+        """eps = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t)."""
+        return (self._coef("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0) / self._coef("sqrt_recipm1_alphas_cumprod", t, x_t)
+
+    def v_target(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0   (Salimans & Ho 2022, Sec. 4)."""
+        return self._coef("sqrt_alphas_cumprod", t, x0) * eps - self._coef("sqrt_one_minus_alphas_cumprod", t, x0) * x0
+
+    def x0_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
+        """x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v."""
+        return self._coef("sqrt_alphas_cumprod", t, x_t) * x_t - self._coef("sqrt_one_minus_alphas_cumprod", t, x_t) * v
+
+    def eps_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
+        """eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v."""
+        return self._coef("sqrt_one_minus_alphas_cumprod", t, x_t) * x_t + self._coef("sqrt_alphas_cumprod", t, x_t) * v
+
+
+def linear(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
+    """The DDPM linear schedule (beta 1e-4 to 0.02 over T=1000)."""
+    return NoiseSchedule(linear_betas(num_timesteps, beta_start, beta_end))
+
+
+def scaled_linear(num_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> NoiseSchedule:
+    """Latent Diffusion's ``scaled_linear`` schedule: linear in sqrt(beta)."""
+    return NoiseSchedule(quadratic_betas(num_timesteps, beta_start, beta_end))
+
+
+def quadratic(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
+    """Quadratic schedule over the DDPM beta range (the DDIM paper's quadratic alternative)."""
+    return NoiseSchedule(quadratic_betas(num_timesteps, beta_start, beta_end))
+
+
+def sigmoid(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
+    """Sigmoid schedule over the DDPM beta range."""
+    return NoiseSchedule(sigmoid_betas(num_timesteps, beta_start, beta_end))
+
+
+def cosine(num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> NoiseSchedule:
+    """Cosine schedule of Improved DDPM."""
+    return NoiseSchedule(cosine_betas(num_timesteps, s, max_beta))

@@ -1,0 +1,234 @@
+"""The noise-prediction U-Net of Ho et al. 2020, "Denoising Diffusion Probabilistic Models".
+
+Same layout as the original TensorFlow code (``diffusion_tf/models/unet.py``):
+a PixelCNN++-style U-Net of wide ResNet blocks with GroupNorm(32), a sinusoidal
+timestep embedding added inside every residual block, single-head self-attention
+at the chosen resolutions and skip connections from every encoder block.
+
+As in the original, the last layer of every residual branch (second conv of each
+ResBlock, attention output projection) and the output conv are zero-initialised,
+so each block starts as the identity and the untrained network outputs zeros.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddpm.errors import ConfigError
+
+GROUPS = 32
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps, DDPM ``get_timestep_embedding``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) / (half - 1) * torch.arange(half, device=t.device, dtype=torch.float32))
+    args = t.float()[:, None] * freqs[None]  # (B, half)
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # (B, 2 * half)
+    return F.pad(emb, (0, dim % 2))  # (B, dim)
+
+
+def norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(GROUPS, channels, eps=1e-6)
+
+
+def zero_init(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """Wide ResNet block conditioned on the timestep embedding (added after the first conv)."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_ch: int, dropout: float) -> None:
+        super().__init__()
+        self.in_layers = nn.Sequential(norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
+        self.emb_proj = nn.Sequential(nn.SiLU(), nn.Linear(emb_ch, out_ch))
+        self.out_layers = nn.Sequential(
+            norm(out_ch), nn.SiLU(), nn.Dropout(dropout), zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        )
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.in_layers(x)  # (B, out_ch, H, W)
+        h = h + self.emb_proj(emb)[:, :, None, None]  # (B, out_ch, 1, 1) broadcast
+        return self.skip(x) + self.out_layers(h)  # (B, out_ch, H, W)
+
+
+class AttnBlock(nn.Module):
+    """Single-head spatial self-attention with a residual connection."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = zero_init(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(B, 3, C, H * W)  # (B, 3, C, HW)
+        q, k, v = qkv.transpose(2, 3).unsqueeze(2).unbind(1)  # each (B, 1, HW, C)
+        h = F.scaled_dot_product_attention(q, k, v)  # (B, 1, HW, C), softmax(q k^T / sqrt(C)) v
+        h = h.squeeze(1).transpose(1, 2).reshape(B, C, H, W)  # (B, C, H, W)
+        return x + self.proj(h)
+
+
+class Downsample(nn.Module):
+    """Halve the resolution with a stride-2 3x3 conv."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)  # (B, C, H/2, W/2)
+
+
+class Upsample(nn.Module):
+    """Double the resolution: nearest-neighbour x2 then a 3x3 conv."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (B, C, 2H, 2W)
+
+
+class EmbedSequential(nn.Sequential):
+    """Sequential that hands the timestep embedding to the ResBlocks it contains."""
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:  # type: ignore[override]
+        for layer in self:
+            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+        return x
+
+
+class UNet(nn.Module):
+    """DDPM noise-prediction U-Net (Ho et al. 2020): maps (x_t, t) to a tensor shaped like x_t.
+
+    Args:
+        image_size: height = width of the input; must survive ``len(channel_mult) - 1`` halvings.
+        in_channels: image channels, also the number of output channels.
+        base_channels: channels at full resolution; also the timestep-embedding dimension.
+        channel_mult: channel multiplier per resolution level (one level per entry).
+        num_res_blocks: ResBlocks per level in the encoder (the decoder has one more).
+        attn_resolutions: resolutions (in pixels) at which self-attention follows each ResBlock.
+        dropout: dropout probability inside the ResBlocks.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        in_channels: int = 3,
+        base_channels: int = 128,
+        channel_mult: Sequence[int] = (1, 2, 2, 2),
+        num_res_blocks: int = 2,
+        attn_resolutions: Sequence[int] = (16,),
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        channel_mult, attn_resolutions = tuple(channel_mult), tuple(attn_resolutions)
+        _validate(image_size, in_channels, base_channels, channel_mult, num_res_blocks, attn_resolutions, dropout)
+        self.image_size, self.in_channels, self.base_channels = image_size, in_channels, base_channels
+
+        ch, emb_ch = base_channels, 4 * base_channels
+        self.time_embed = nn.Sequential(nn.Linear(ch, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+
+        # Encoder: every entry produces one skip connection for the decoder.
+        self.down = nn.ModuleList([EmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
+        skip_chs, res = [ch], image_size
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers = [ResBlock(ch, base_channels * mult, emb_ch, dropout)]
+                ch = base_channels * mult
+                if res in attn_resolutions:
+                    layers.append(AttnBlock(ch))
+                self.down.append(EmbedSequential(*layers))
+                skip_chs.append(ch)
+            if level != len(channel_mult) - 1:
+                self.down.append(EmbedSequential(Downsample(ch)))
+                skip_chs.append(ch)
+                res //= 2
+
+        self.middle = EmbedSequential(
+            ResBlock(ch, ch, emb_ch, dropout), AttnBlock(ch), ResBlock(ch, ch, emb_ch, dropout)
+        )
+
+        # Decoder: num_res_blocks + 1 ResBlocks per level, each eating one skip.
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for block in range(num_res_blocks + 1):
+                layers = [ResBlock(ch + skip_chs.pop(), base_channels * mult, emb_ch, dropout)]
+                ch = base_channels * mult
+                if res in attn_resolutions:
+                    layers.append(AttnBlock(ch))
+                if level != 0 and block == num_res_blocks:
+                    layers.append(Upsample(ch))
+                    res *= 2
+                self.up.append(EmbedSequential(*layers))
+
+        self.out = nn.Sequential(norm(ch), nn.SiLU(), zero_init(nn.Conv2d(ch, in_channels, 3, padding=1)))
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """Predict from x (B, C, H, W) at timesteps t (B,) (integer or float) a tensor (B, C, H, W)."""
+        t = t.expand(x.shape[0])  # (B,), also accepts a scalar timestep
+        emb = self.time_embed(timestep_embedding(t, self.base_channels))  # (B, 4 * base)
+        skips = []
+        h = x
+        for block in self.down:
+            h = block(h, emb)  # (B, C_l, H_l, W_l)
+            skips.append(h)
+        h = self.middle(h, emb)  # (B, C_last, H_last, W_last)
+        for block in self.up:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)  # (B, C_l, H_l, W_l)
+        return self.out(h)  # (B, C, H, W)
+
+
+def _validate(
+    image_size: int,
+    in_channels: int,
+    base_channels: int,
+    channel_mult: tuple[int, ...],
+    num_res_blocks: int,
+    attn_resolutions: tuple[int, ...],
+    dropout: float,
+) -> None:
+    if not channel_mult or any(m < 1 for m in channel_mult):
+        raise ConfigError(
+            f"channel_mult={channel_mult} is not allowed: use one or more positive integers, e.g. (1, 2, 2, 2)"
+        )
+    if in_channels < 1:
+        raise ConfigError(f"in_channels={in_channels} is not allowed: use a positive integer (1 for grey, 3 for RGB)")
+    if image_size < 1:
+        raise ConfigError(f"image_size={image_size} is not allowed: use a positive integer")
+    n_down = len(channel_mult) - 1
+    if image_size % 2**n_down:
+        raise ConfigError(
+            f"image_size={image_size} cannot be downsampled {n_down} time{'s' * (n_down > 1)} by the U-Net "
+            f"(channel_mult has {len(channel_mult)} levels): use a multiple of {2**n_down}"
+        )
+    bad = sorted({w for w in (base_channels * m for m in (1, *channel_mult)) if w < 1 or w % GROUPS})
+    if bad:
+        raise ConfigError(
+            f"base_channels={base_channels} with channel_mult={channel_mult} gives layers of {bad} channels, "
+            f"which GroupNorm({GROUPS}) cannot split: "
+            f"base_channels and base_channels * each mult must be multiples of {GROUPS}"
+        )
+    if num_res_blocks < 1:
+        raise ConfigError(f"num_res_blocks={num_res_blocks} is not allowed: use at least 1")
+    resolutions = [image_size // 2**level for level in range(len(channel_mult))]
+    missing = [r for r in attn_resolutions if r not in resolutions]
+    if missing:
+        raise ConfigError(
+            f"attn_resolutions={attn_resolutions} contains {missing}, which the U-Net never reaches: "
+            f"choose from the resolutions {resolutions}"
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout={dropout} is not allowed: use a probability in [0, 1)")

@@ -1,0 +1,214 @@
+"""Tests for ddpm.data: the dataset builders, the ImageDataModule and every conf/data/*.yaml."""
+
+import pickle
+from functools import partial
+from pathlib import Path
+
+import hydra.utils
+import numpy as np
+import pytest
+import torch
+import torchvision
+from omegaconf import OmegaConf
+from PIL import Image
+
+from ddpm.data import (
+    DataError,
+    ImageDataModule,
+    ImageFolderDataset,
+    RandomHFlip,
+    TensorImageDataset,
+    cifar10,
+    digits,
+    fashion_mnist,
+    mnist,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+NO_SHARED_DATA = f"MNIST/Fashion-MNIST not present under {SHARED_DATA}"
+HAS_SHARED_DATA = all((SHARED_DATA / name / "raw").is_dir() for name in ("MNIST", "FashionMNIST"))
+needs_shared = pytest.mark.skipif(not HAS_SHARED_DATA, reason=NO_SHARED_DATA)
+
+
+def assert_images(x: torch.Tensor, shape: tuple) -> None:
+    assert tuple(x.shape[-3:]) == shape and x.dtype == torch.float32
+    assert x.min() >= -1 and x.max() <= 1
+
+
+@pytest.fixture
+def cifar_root(tmp_path, monkeypatch):
+    """A 10-image-per-batch synthetic CIFAR-10 in torchvision's on-disk layout (md5 checks bypassed)."""
+    folder = tmp_path / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8), "labels": list(range(10))}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"class{i}" for i in range(10)]}))
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
+    return tmp_path / "cifar"
+
+
+def save_image(path: Path, size=(40, 20), color=(255, 0, 0)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+def test_digits_are_1797_images_of_1x8x8_spanning_minus1_to_1():
+    ds = digits()
+    images = torch.stack([ds[i][0] for i in range(len(ds))])
+    assert len(ds) == 1797
+    assert_images(images, (1, 8, 8))
+    assert images.min() == -1 and images.max() == 1
+
+
+@needs_shared
+@pytest.mark.parametrize("builder", [mnist, fashion_mnist])
+def test_mnist_and_fashion_mnist_load_60000_images_of_1x28x28_from_gz_files(builder):
+    ds = builder(SHARED_DATA)
+    image, label = ds[0]
+    assert len(ds) == 60000 and 0 <= label < 10
+    assert_images(image, (1, 28, 28))
+    assert ds.images.max() == 255  # the full 0..255 range maps onto [-1, 1]
+
+
+@pytest.mark.parametrize("builder", [mnist, fashion_mnist, cifar10])
+def test_missing_root_raises_data_error_naming_the_path(builder, tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DataError, match="nowhere") as err:
+        builder(missing)
+    assert str(missing) in str(err.value) and "data.download=true" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_cifar10_stand_in_loads_3x32x32_images(cifar_root):
+    ds = cifar10(cifar_root)
+    assert len(ds) == 50
+    assert_images(ds[0][0], (3, 32, 32))
+
+
+def test_hflip_mirrors_images_left_right():
+    image = torch.arange(4.0).reshape(1, 1, 2, 2)
+    ds = TensorImageDataset(image, torch.zeros(1), max_value=3)
+    assert torch.equal(RandomHFlip(ds, p=1.0)[0][0], ds[0][0].flip(-1))
+    assert torch.equal(RandomHFlip(ds, p=0.0)[0][0], ds[0][0])
+
+
+def test_hflip_in_datamodule_yields_both_orientations():
+    dm = ImageDataModule(digits, image_size=8, channels=1, batch_size=1, hflip=True)
+    dm.setup("fit")
+    draws = {tuple(dm.train_set[0][0].flatten().tolist()) for _ in range(50)}
+    assert len(draws) == 2
+
+
+def test_folder_converts_to_rgb_or_grayscale(tmp_path):
+    save_image(tmp_path / "a.png", size=(16, 16), color=(255, 0, 0))
+    rgb, _ = ImageFolderDataset(tmp_path, image_size=16, channels=3)[0]
+    gray, _ = ImageFolderDataset(tmp_path, image_size=16, channels=1)[0]
+    assert rgb.shape == (3, 16, 16) and torch.allclose(rgb[:, 0, 0], torch.tensor([1.0, -1.0, -1.0]))
+    assert gray.shape == (1, 16, 16) and -1 < gray[0, 0, 0] < 1  # red has luma 76/255
+
+
+def test_folder_resizes_shorter_side_and_centre_crops(tmp_path):
+    image = Image.new("L", (60, 20), 0)  # wide: black, a white middle third, black
+    image.paste(255, (20, 0, 40, 20))
+    image.save(tmp_path / "wide.png")
+    x, _ = ImageFolderDataset(tmp_path, image_size=10, channels=1)[0]
+    assert x.shape == (1, 10, 10)
+    assert x[0, :, 1:-1].min() == 1  # the centre crop is (nearly) all white
+    assert x[0, :, 0].max() < 1  # the edges blend into the black side bands
+
+
+def test_folder_finds_images_recursively_with_one_label_per_directory(tmp_path):
+    save_image(tmp_path / "cats" / "a.JPG")
+    save_image(tmp_path / "dogs" / "deep" / "b.webp")
+    (tmp_path / "notes.txt").write_text("not an image")
+    ds = ImageFolderDataset(tmp_path, image_size=8)
+    assert len(ds) == 2 and ds.classes == ["cats", "dogs/deep"]
+    assert [ds[i][1] for i in range(2)] == [0, 1]
+
+
+def test_folder_corrupt_file_raises_error_naming_it(tmp_path):
+    save_image(tmp_path / "good.png")
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    ds = ImageFolderDataset(tmp_path, image_size=8)
+    with pytest.raises(DataError, match="bad.jpg"):
+        [ds[i] for i in range(len(ds))]
+
+
+def test_folder_skip_bad_files_skips_them_with_a_warning(tmp_path):
+    save_image(tmp_path / "good.png")
+    truncated = save_image(tmp_path / "truncated.png")
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    with pytest.warns(UserWarning, match="skipping undecodable image") as record:
+        ds = ImageFolderDataset(tmp_path, image_size=8, skip_bad_files=True)
+    assert sorted(Path(str(w.message).split("'")[1]).name for w in record) == ["bad.jpg", "truncated.png"]
+    assert [p.name for p in ds.files] == ["good.png"]
+    assert ds[0][0].shape == (3, 8, 8)
+
+
+@pytest.mark.parametrize("make", [lambda p: p.mkdir(), lambda p: None], ids=["empty", "missing"])
+def test_folder_empty_or_missing_raises_data_error_naming_path_and_extensions(tmp_path, make):
+    folder = tmp_path / "images"
+    make(folder)
+    with pytest.raises(DataError, match="images") as err:
+        ImageFolderDataset(folder, image_size=8)
+    assert str(folder) in str(err.value) and ".png" in str(err.value)
+
+
+def test_datamodule_rejects_a_dataset_of_another_shape():
+    dm = ImageDataModule(digits, image_size=28, channels=1, batch_size=4)
+    with pytest.raises(DataError, match=r"\(1, 8, 8\).*\(1, 28, 28\)"):
+        dm.setup("fit")
+
+
+def test_datamodule_loader_shuffles_and_drops_last_with_workers():
+    dm = ImageDataModule(digits, image_size=8, channels=1, batch_size=1000, num_workers=1)
+    loader = dm.train_dataloader()
+    assert loader.drop_last and loader.persistent_workers
+    batches = list(loader)
+    assert len(batches) == 1 and batches[0][0].shape == (1000, 1, 8, 8)
+    assert not torch.equal(batches[0][1], digits().labels[:1000])  # shuffled
+
+
+def test_yaml_root_defaults_to_env_var(monkeypatch):
+    monkeypatch.setenv("DDPM_DATA_ROOT", "/somewhere")
+    assert OmegaConf.load(REPO / "conf" / "data" / "mnist.yaml").root == "/somewhere"
+
+
+def test_yaml_with_missing_root_fails_in_setup_with_data_error(tmp_path):
+    cfg = OmegaConf.load(REPO / "conf" / "data" / "mnist.yaml")
+    cfg.root = str(tmp_path / "nope")
+    dm = hydra.utils.instantiate(cfg)  # building the module reads nothing yet
+    with pytest.raises(DataError, match="MNIST not found under .*nope"):
+        dm.setup("fit")
+
+
+def yaml_roots(tmp_path: Path, cifar_root: Path) -> dict:
+    save_image(tmp_path / "folder" / "a.png")
+    save_image(tmp_path / "folder" / "b.jpg", size=(30, 50))
+    return {
+        "digits": None,
+        "mnist": SHARED_DATA,
+        "fashion_mnist": SHARED_DATA,
+        "cifar10": cifar_root,
+        "folder": tmp_path / "folder",
+    }
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "data").glob("*.yaml")))
+def test_every_data_yaml_instantiates_and_yields_a_batch_of_declared_shape(name, tmp_path, cifar_root):
+    if name in ("mnist", "fashion_mnist") and not HAS_SHARED_DATA:
+        pytest.skip(NO_SHARED_DATA)
+    cfg = OmegaConf.load(REPO / "conf" / "data" / f"{name}.yaml")
+    root = yaml_roots(tmp_path, cifar_root)[name]
+    overrides = {"batch_size": 2, "num_workers": 0} | ({"root": str(root)} if root else {})
+    cfg = OmegaConf.merge(cfg, overrides)
+    dm = hydra.utils.instantiate(cfg)
+    assert isinstance(dm, ImageDataModule)
+    images, labels = next(iter(dm.train_dataloader()))
+    assert_images(images, (dm.channels, dm.image_size, dm.image_size))
+    assert images.shape[0] == 2 and labels.shape == (2,)
