@@ -14,18 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm.errors import report_config_errors
-
-
-def build_module(cfg: DictConfig):
-    """The LightningModule from the model, schedule, loss, sampler and optimizer groups."""
-    return instantiate(
-        cfg.module,
-        net=instantiate(cfg.model),
-        schedule=instantiate(cfg.schedule),
-        loss=instantiate(cfg.loss),
-        sampler=instantiate(cfg.sampler),
-        optimizer=instantiate(cfg.optimizer),
-    )
+from ddpm.module import build_module
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:

@@ -77,3 +77,12 @@ def test_ddpm_last_step_adds_no_noise():
 def test_unknown_variance_is_named():
     with pytest.raises(ConfigError, match="variance='learned'"):
         DDPMSampler("learned")
+
+
+def test_ddpm_without_noise_collapses_a_gaussian_towards_its_mean():
+    sched = schedules.linear()
+    g = torch.Generator().manual_seed(0)
+    x_T = torch.randn(5_000, 1, generator=g)
+    out = DDPMSampler(clip_denoised=False, noise_scale=0.0)(gaussian_denoiser(sched, 0.3, 0.5), sched, x_T, g)
+    assert out.mean().item() == pytest.approx(0.3, abs=0.02)
+    assert out.std().item() < 0.5 * 0.5  # far narrower than the data's 0.5

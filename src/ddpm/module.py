@@ -61,7 +61,6 @@ class DiffusionModule(L.LightningModule):
         self.register_buffer("_bucket_sum", torch.zeros(loss_buckets), persistent=False)
         self.register_buffer("_bucket_count", torch.zeros(loss_buckets), persistent=False)
         self._noise: torch.Generator | None = None
-        self._ema_step = -1
 
     # ---- the model as a denoiser ------------------------------------------------------------
     def denoiser(self, use_ema: bool = True) -> Denoiser:
@@ -127,11 +126,11 @@ class DiffusionModule(L.LightningModule):
             grads = [p.grad for p in self.net.parameters() if p.grad is not None]
             self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))  # before clipping
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        # Update the EMA once per optimizer step (not per micro-batch under gradient accumulation).
-        if self.global_step > self._ema_step:
-            self.ema.update_parameters(self.net)
-            self._ema_step = self.global_step
+    def optimizer_step(self, *args, **kwargs) -> None:
+        # The EMA follows every optimizer step (not every micro-batch under gradient accumulation),
+        # before any callback of this batch runs, so a checkpoint written now already includes it.
+        super().optimizer_step(*args, **kwargs)
+        self.ema.update_parameters(self.net)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.net.parameters())
@@ -140,3 +139,18 @@ class DiffusionModule(L.LightningModule):
             optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def build_module(cfg) -> DiffusionModule:
+    """The DiffusionModule from a composed train config (groups model, schedule, loss, sampler, optimizer)."""
+    from hydra.utils import instantiate
+
+    return instantiate(
+        cfg.module,
+        _convert_="all",  # plain lists in the hyperparameters, so checkpoints load with weights_only
+        net=instantiate(cfg.model),
+        schedule=instantiate(cfg.schedule),
+        loss=instantiate(cfg.loss),
+        sampler=instantiate(cfg.sampler),
+        optimizer=instantiate(cfg.optimizer),
+    )

@@ -1,0 +1,138 @@
+"""FID during training: every N steps, K samples from the EMA weights against the training set."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from ddpm.errors import ConfigError
+from ddpm.metrics import (
+    Extractor, FeatureStats, InceptionFeatures, Shard, extract_features, frechet_distance, generate_images,
+    load_npz, reference_statistics,
+)
+
+
+def fid_name(num_samples: int) -> str:
+    """``val/fid_5k`` for 5000 samples, ``val/fid_500`` for 500: the count is part of the name."""
+    return f"val/fid_{num_samples // 1000}k" if num_samples % 1000 == 0 else f"val/fid_{num_samples}"
+
+
+def lightning_shard(trainer: L.Trainer, pl_module: L.LightningModule) -> Shard:
+    """This rank's ``Shard``: sums and row gathers through the trainer's strategy (DDP included)."""
+    device = pl_module.device
+
+    def all_sum(t: Tensor) -> Tensor:
+        return trainer.strategy.reduce(t.to(device), reduce_op="sum") if trainer.world_size > 1 else t
+
+    def gather_rows(t: Tensor, counts: list[int]) -> Tensor:
+        if trainer.world_size == 1:
+            return t
+        padded = t.new_zeros(max(max(counts), 1), *t.shape[1:])  # all_gather needs one shape on every rank
+        padded[: len(t)] = t
+        gathered = pl_module.all_gather(padded.to(device))  # (world, max, ...)
+        return torch.cat([gathered[r, :c] for r, c in enumerate(counts)])
+
+    return Shard(trainer.global_rank, trainer.world_size, all_sum, gather_rows)
+
+
+class FIDCallback(L.Callback):
+    """Every ``every_n_steps`` optimizer steps, the FID of ``num_samples`` EMA samples, logged as
+    ``val/fid_5k`` (the sample count in the name) to every logger.
+
+    Under DDP each rank samples its share (its own seed), the features are gathered once, and
+    every rank computes the same number; rank 0's loggers write it. The reference statistics are
+    computed once (split over the ranks) from the datamodule's training images, or read from
+    ``reference_path``, and cached like ``evaluate.py``'s.
+
+    Args:
+        every_n_steps: steps between evaluations.
+        num_samples: K, the number of samples (the community figure is 50k; small K biases FID up).
+        batch_size: sampling and Inception batch size per rank.
+        sampler: the sampler to use (e.g. a DDIMSampler for speed); None: the module's own.
+        seed: seed of the samples, the same at every evaluation, so changes come from the model.
+        inception_weights: the Inception weights file (see ``ddpm.metrics.inception_weights_path``).
+        reference_path: an .npz of uint8 images or of mu/sigma; None: the training set.
+        reference_count: training images for the reference (None: all).
+        cache_dir: where reference statistics are cached (None: not cached).
+        feature_extractor: stands in for the Inception network (tests); built lazily when None.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 5000,
+        num_samples: int = 5000,
+        batch_size: int = 250,
+        sampler=None,
+        seed: int = 0,
+        inception_weights: str | None = None,
+        reference_path: str | None = None,
+        reference_count: int | None = None,
+        cache_dir: str | None = None,
+        feature_extractor: Extractor | None = None,
+    ):
+        if every_n_steps < 1 or num_samples < 2 or batch_size < 1:
+            raise ConfigError(
+                f"every_n_steps={every_n_steps!r}, num_samples={num_samples!r}, batch_size={batch_size!r}: "
+                "need every_n_steps >= 1, num_samples >= 2, batch_size >= 1"
+            )
+        self.every_n_steps, self.num_samples, self.batch_size = every_n_steps, num_samples, batch_size
+        self.sampler, self.seed = sampler, seed
+        self.inception_weights, self.reference_path = inception_weights, reference_path
+        self.reference_count, self.cache_dir = reference_count, cache_dir
+        self.extractor = feature_extractor
+        self.reference: FeatureStats | None = None
+        self.name = fid_name(num_samples)
+        self.last: float | None = None
+        self._last_step = -1
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.extractor is None:  # fail at the start, not hours in, when the weights are missing
+            self.extractor = InceptionFeatures(self.inception_weights)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every_n_steps == 0 and step != self._last_step:
+            self._last_step = step
+            self.evaluate(trainer, pl_module)
+
+    def _reference(self, trainer, pl_module, shard: Shard) -> FeatureStats:
+        if self.reference is None:
+            if self.reference_path:
+                ref = load_npz(self.reference_path)
+                if not isinstance(ref, FeatureStats):
+                    ref = FeatureStats.from_features(extract_features(ref, self.extractor, self.batch_size, pl_module.device)["pool3"])
+                self.reference = ref
+            else:
+                self.reference = reference_statistics(
+                    trainer.datamodule, self.extractor, self.reference_count, self.cache_dir,
+                    batch_size=self.batch_size, device=pl_module.device, shard=shard,
+                )
+        return self.reference
+
+    @torch.no_grad()
+    def evaluate(self, trainer: L.Trainer, pl_module) -> float:
+        """Sample this rank's share, gather the features, log and return the FID."""
+        start = time.perf_counter()
+        if isinstance(self.extractor, torch.nn.Module):
+            self.extractor.to(pl_module.device)
+        shard = lightning_shard(trainer, pl_module)
+        reference = self._reference(trainer, pl_module, shard)
+        _, sizes = shard.split(self.num_samples)
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed + 1_000_003 * shard.rank)
+        images = generate_images(pl_module, sizes[shard.rank], self.batch_size, generator, self.sampler)
+        local = extract_features(images, self.extractor, self.batch_size, pl_module.device)["pool3"]
+        local = torch.from_numpy(local).to(pl_module.device)
+        features = shard.gather_rows(local, sizes).cpu().numpy()  # (K, D), the one gather
+        stats = FeatureStats.from_features(features)
+        self.last = frechet_distance(stats.mu, stats.sigma, reference.mu, reference.sigma)
+        metrics = {self.name: self.last, f"{self.name}_seconds": time.perf_counter() - start}
+        for logger in trainer.loggers:  # loggers write on rank 0 only
+            logger.log_metrics(metrics, step=trainer.global_step)
+        trainer.callback_metrics[self.name] = torch.tensor(self.last)  # e.g. for ModelCheckpoint(monitor=...)
+        return self.last
+
+
+__all__ = ["FIDCallback", "fid_name", "lightning_shard"]

@@ -1,0 +1,272 @@
+"""2D toy diffusion: point datasets, a time-conditioned MLP denoiser, a distribution distance,
+and the ``ToyPlots`` callback that draws what the trained model does.
+
+The toy model trains through the same ``DiffusionModule``, schedules, loss and samplers as the
+image models; only the data (``data=spiral``, ...) and the network (``model=mlp``) differ. Every
+dataset is scaled into [-1, 1]^2, the range the samplers clip x0_hat to.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Callable
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ddpm.errors import ConfigError
+from ddpm.samplers import DDPMSampler
+from ddpm.unet import timestep_embedding
+
+# ---- datasets: (num_points, generator) -> (N, 2) points in [-1, 1]^2 ----------------------------
+
+
+def spiral(num_points: int, generator: torch.Generator, noise: float = 0.02) -> Tensor:
+    """Two interleaved spiral arms of 1.5 turns each, from the origin out to radius 0.9."""
+    u = torch.rand(num_points, generator=generator, dtype=torch.float64)
+    r = 0.9 * u.sqrt()  # sqrt: uniform density along the arm's length, not its angle
+    theta = 3 * math.pi * u.sqrt() + math.pi * torch.randint(0, 2, (num_points,), generator=generator)
+    x = torch.stack([r * theta.cos(), r * theta.sin()], dim=1)  # (N, 2)
+    return (x + noise * torch.randn(x.shape, generator=generator, dtype=torch.float64)).float()
+
+
+def swiss_roll(num_points: int, generator: torch.Generator, noise: float = 0.02) -> Tensor:
+    """The 2-D swiss roll (scikit-learn's ``make_swiss_roll`` seen from above): t from 1.5 pi to 4.5 pi."""
+    t = 1.5 * math.pi * (1 + 2 * torch.rand(num_points, generator=generator, dtype=torch.float64))
+    x = torch.stack([t * t.cos(), t * t.sin()], dim=1) * (0.9 / (4.5 * math.pi))  # (N, 2), radius <= 0.9
+    return (x + noise * torch.randn(x.shape, generator=generator, dtype=torch.float64)).float()
+
+
+def moons(num_points: int, generator: torch.Generator, noise: float = 0.03) -> Tensor:
+    """Two interleaving half circles (scikit-learn's ``make_moons``), centred and scaled to width 1.8."""
+    angle = math.pi * torch.rand(num_points, generator=generator, dtype=torch.float64)
+    lower = torch.randint(0, 2, (num_points,), generator=generator).bool()
+    x = torch.stack([angle.cos(), angle.sin()], dim=1)  # (N, 2) upper moon
+    x[lower] = torch.stack([1 - angle[lower].cos(), 0.5 - angle[lower].sin()], dim=1)
+    x = (x - torch.tensor([0.5, 0.25], dtype=torch.float64)) * 0.6  # x in [-1.5, 1.5] -> [-0.9, 0.9]
+    return (x + noise * torch.randn(x.shape, generator=generator, dtype=torch.float64)).float()
+
+
+def gaussians8(num_points: int, generator: torch.Generator, std: float = 0.04, radius: float = 0.8) -> Tensor:
+    """A mixture of 8 equally weighted Gaussians evenly spaced on a circle."""
+    k = torch.randint(0, 8, (num_points,), generator=generator).double()
+    centres = radius * torch.stack([(k * math.pi / 4).cos(), (k * math.pi / 4).sin()], dim=1)  # (N, 2)
+    return (centres + std * torch.randn(centres.shape, generator=generator, dtype=torch.float64)).float()
+
+
+class PointDataModule(L.LightningDataModule):
+    """Shuffled batches of a fixed set of 2-D points, made from a seed when set up.
+
+    Args:
+        dataset: ``dataset(num_points, generator) -> (N, 2)`` (a Hydra ``_partial_`` of a builder above).
+        num_points: size of the point set.
+        seed: seed of the point set (batch order follows the global seed, as for images).
+        batch_size: points per batch; batches are ``(x,)`` with x of shape (B, 2).
+    """
+
+    def __init__(
+        self, dataset: Callable[..., Tensor], num_points: int = 10_000, seed: int = 0, batch_size: int = 512
+    ):
+        super().__init__()
+        if batch_size > num_points:
+            raise ConfigError(f"data.batch_size={batch_size} is more than data.num_points={num_points}")
+        self.build_dataset = dataset
+        self.num_points, self.seed, self.batch_size = num_points, seed, batch_size
+        self.points: Tensor | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.points is None:
+            self.points = self.build_dataset(self.num_points, torch.Generator().manual_seed(self.seed))
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        return DataLoader(TensorDataset(self.points), batch_size=self.batch_size, shuffle=True, drop_last=True)
+
+
+# ---- the denoiser ---------------------------------------------------------------------------------
+
+
+class MLPDenoiser(nn.Module):
+    """A residual MLP ``net(x_t (B, dim), t (B,)) -> (B, dim)`` conditioned on a sinusoidal embedding of t.
+
+    Args:
+        dim: dimension of the points.
+        hidden: width of every hidden layer.
+        layers: number of residual blocks; each adds the time embedding to its input.
+        time_embed_dim: size of the sinusoidal embedding of t, before its 2-layer MLP.
+    """
+
+    def __init__(self, dim: int = 2, hidden: int = 128, layers: int = 3, time_embed_dim: int = 32):
+        super().__init__()
+        if min(dim, hidden, layers, time_embed_dim) < 1:
+            raise ConfigError(f"dim, hidden, layers, time_embed_dim must be >= 1, got {dim, hidden, layers, time_embed_dim}")
+        self.time_embed_dim = time_embed_dim
+        self.time_mlp = nn.Sequential(nn.Linear(time_embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.inp = nn.Linear(dim, hidden)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden)) for _ in range(layers))
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        emb = self.time_mlp(timestep_embedding(t, self.time_embed_dim))  # (B, hidden)
+        h = self.inp(x)  # (B, hidden)
+        for block in self.blocks:
+            h = h + block(h + emb)
+        return self.out(h)  # (B, dim)
+
+
+# ---- a distribution distance ----------------------------------------------------------------------
+
+
+def median_distance(x: Tensor) -> float:
+    """The median pairwise Euclidean distance within x (N, D): the median-heuristic RBF bandwidth."""
+    d = torch.cdist(x.double(), x.double())
+    return d[torch.triu_indices(len(x), len(x), offset=1).unbind()].median().item()
+
+
+def mmd(x: Tensor, y: Tensor, bandwidth: float | None = None) -> float:
+    """Maximum mean discrepancy between samples x (N, D) and y (M, D) under an RBF kernel.
+
+    MMD^2 = E k(x, x') + E k(y, y') - 2 E k(x, y), k(a, b) = exp(-|a - b|^2 / (2 h^2)), the biased
+    (V-statistic) estimate of Gretton et al. 2012, Eq. 5; returns MMD, the square root.
+    ``bandwidth`` h defaults to the median pairwise distance of ``y``, the reference sample, so
+    that every sample compared with the same reference is measured with the same kernel.
+    """
+    x, y = x.double().flatten(1), y.double().flatten(1)
+    h = median_distance(y) if bandwidth is None else bandwidth
+
+    def k(a: Tensor, b: Tensor) -> Tensor:
+        return torch.exp(-torch.cdist(a, b).square() / (2 * h * h)).mean()
+
+    return (k(x, x) + k(y, y) - 2 * k(x, y)).clamp(min=0).sqrt().item()
+
+
+# ---- the pictures ---------------------------------------------------------------------------------
+
+
+def with_noise_scale(sampler, noise_scale: float) -> DDPMSampler:
+    """A copy of the DDPM sampler (a default one for other samplers) whose added noise is scaled.
+
+    noise_scale=0 keeps the posterior mean alone: x_{t-1} = mu~_t(x0_hat, x_t) at every step.
+    """
+    out = copy.copy(sampler) if isinstance(sampler, DDPMSampler) else DDPMSampler()
+    out.noise_scale = noise_scale
+    return out
+
+
+def recording(denoiser, states: list[Tensor]):
+    """Wrap ``denoiser`` so that every x_t a sampler feeds it is appended to ``states``."""
+
+    def model(x_t: Tensor, t: Tensor):
+        states.append(x_t.detach().cpu())
+        return denoiser(x_t, t)
+
+    return model
+
+
+class ToyPlots(L.Callback):
+    """Every ``every_n_steps`` optimizer steps and at the end of training, draw the 2-D model into
+    ``<run dir>/plots/<name>_step_XXXXXXX.png`` and send each picture to the logger as ``toy/<name>``:
+
+    - ``samples``: samples from the configured sampler over the training data, with their MMD;
+    - ``field``: the learned score -eps_hat / sqrt(1 - abar_t) as arrows on a grid at several t;
+    - ``trajectories``: reverse paths x_T -> x_0 of a few points;
+    - ``noise_free``: DDPM sampling beside the same sampler with the added noise switched off.
+
+    Args:
+        every_n_steps: steps between pictures (0: only at the end).
+        num_samples: points sampled for the scatter plots.
+        num_trajectories: reverse paths drawn.
+        field_times: fractions of T at which the field is drawn (t = round(f (T - 1))).
+        seed: seed of x_T and all sampling noise, the same every time.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 0,
+        num_samples: int = 2000,
+        num_trajectories: int = 12,
+        field_times: tuple[float, ...] = (1.0, 0.5, 0.25, 0.1, 0.02),
+        seed: int = 0,
+    ):
+        if every_n_steps < 0 or num_samples < 1 or num_trajectories < 1:
+            raise ConfigError(
+                f"every_n_steps={every_n_steps!r}, num_samples={num_samples!r}, num_trajectories={num_trajectories!r}:"
+                " need every_n_steps >= 0 and at least one sample and trajectory"
+            )
+        if not all(0.0 <= f <= 1.0 for f in field_times):
+            raise ConfigError(f"field_times={list(field_times)!r} is not allowed: fractions of T lie in [0, 1]")
+        self.every_n_steps = every_n_steps
+        self.num_samples, self.num_trajectories = num_samples, num_trajectories
+        self.field_times, self.seed = tuple(field_times), seed
+        self._last_step = -1
+        self.last_paths: dict[str, Path] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
+            self.draw(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.global_step != self._last_step:
+            self.draw(trainer, pl_module)
+
+    @rank_zero_only
+    def draw(self, trainer: L.Trainer, pl_module) -> None:
+        from ddpm import plots  # matplotlib is imported only when a picture is drawn
+        from ddpm.callbacks import log_image
+
+        self._last_step = step = trainer.global_step
+        data = trainer.datamodule.points[: self.num_samples]
+        figures = self.figures(pl_module, data, plots)
+        out_dir = Path(trainer.default_root_dir) / "plots"
+        for name, fig in figures.items():
+            self.last_paths[name] = path = out_dir / f"{name}_step_{step:07d}.png"
+            log_image(trainer, f"toy/{name}", plots.save_figure(fig, path), step)
+
+    @torch.no_grad()
+    def figures(self, pl_module, data: Tensor, plots) -> dict:
+        """The four figures (matplotlib) of the model's EMA weights against ``data`` (N, 2)."""
+        schedule, T = pl_module.schedule, pl_module.schedule.num_timesteps
+
+        def generator() -> torch.Generator:
+            return torch.Generator(device=pl_module.device).manual_seed(self.seed)
+
+        samples = pl_module.sample(self.num_samples, generator()).cpu()
+        normal, quiet = (
+            pl_module.sample(self.num_samples, generator(), sampler=with_noise_scale(pl_module.sampler, s)).cpu()
+            for s in (1.0, 0.0)
+        )
+
+        was_training = pl_module.training
+        pl_module.eval()
+        denoiser = pl_module.denoiser(use_ema=True)
+        states: list[Tensor] = []
+        x_T = torch.randn((self.num_trajectories, 2), generator=generator(), device=pl_module.device)
+        x_0 = pl_module.sampler(recording(denoiser, states), schedule, x_T, generator())
+        paths = torch.stack([*states, x_0.cpu()], dim=1)  # (K, T + 1, 2), from x_T to x_0
+
+        def score(x: Tensor, t_int: int) -> Tensor:
+            """The implied score grad log p_t(x) = -eps_hat / sqrt(1 - abar_t) at points x (N, 2)."""
+            x = x.to(pl_module.device)
+            t = torch.full((len(x),), t_int, device=x.device, dtype=torch.long)
+            _, eps = denoiser(x, t)
+            return (-eps / schedule.sqrt_one_minus_alphas_cumprod[t_int]).cpu()
+
+        times = sorted({round(f * (T - 1)) for f in self.field_times}, reverse=True)
+        field = plots.vector_field_figure(score, times, schedule, data)
+        pl_module.train(was_training)
+
+        sampler_name = type(pl_module.sampler).__name__
+        return {
+            "samples": plots.points_figure(data, {f"{sampler_name} samples": samples}, mmd),
+            "field": field,
+            "trajectories": plots.trajectories_figure(paths, data),
+            "noise_free": plots.points_figure(
+                data, {"DDPM (noise_scale=1)": normal, "posterior mean only (noise_scale=0)": quiet}, mmd
+            ),
+        }

@@ -1,0 +1,128 @@
+"""The real `train.py` end to end on CPU: train, checkpoint, resume, sample; bad input; DDP."""
+
+import csv
+
+import pytest
+import torch
+
+from conftest import run_script, run_train
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    proc = run_train(
+        run_dir, "trainer.max_steps=6", "callbacks.checkpoint.every_n_train_steps=3",
+        "callbacks.sample_grid.every_n_steps=3", "callbacks.sample_grid.compare_raw=true",
+    )
+    return run_dir, proc
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_run_directory_holds_config_checkpoints_and_sample_grids(first_run):
+    run_dir, proc = first_run
+    assert (run_dir / "config.yaml").is_file()
+    assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"last.ckpt", "step_0000003.ckpt", "step_0000006.ckpt"}
+    assert {p.name for p in (run_dir / "samples").iterdir()} == {"step_0000003.png", "step_0000006.png"}
+    assert str(run_dir) in proc.stdout  # it says where the outputs went
+
+
+def test_sample_grid_shows_ema_and_raw_side_by_side(first_run):
+    from PIL import Image
+
+    run_dir, _ = first_run
+    image = Image.open(run_dir / "samples" / "step_0000006.png")
+    # 4 samples of 8x8 upscaled x4 in a 2x2 grid with 2px padding: 70 px square, twice side by side.
+    assert image.size == (140, 70)
+
+
+def test_checkpoint_holds_step_ema_optimizer_and_schedule(first_run):
+    run_dir, _ = first_run
+    ckpt = load(run_dir / "checkpoints" / "last.ckpt")
+    state = ckpt["state_dict"]
+    assert ckpt["global_step"] == 6
+    assert state["ema.n_averaged"].item() == 6
+    assert "schedule.alphas_cumprod" in state and state["schedule.betas"].shape == (20,)
+    assert not any(k.startswith("ema.module.schedule") for k in state)  # the EMA holds the network only
+    assert ckpt["optimizer_states"][0]["state"][0]["step"].item() == 6
+    ema = {k[len("ema.module."):]: v for k, v in state.items() if k.startswith("ema.module.")}
+    raw = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+    assert ema.keys() == raw.keys()
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema)  # averaged, not a copy
+
+
+def test_loss_per_timestep_bucket_grad_norm_and_lr_are_logged(first_run):
+    run_dir, _ = first_run
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        columns = set(csv.DictReader(f).fieldnames)
+    assert {"train/loss", "train/grad_norm", "lr-Adam", "train/loss_t0-1", "train/loss_t18-19"} <= columns
+
+
+def test_resume_continues_step_ema_and_optimizer(first_run, tmp_path):
+    run_dir, _ = first_run
+    first = load(run_dir / "checkpoints" / "last.ckpt")
+    run_train(
+        tmp_path, "trainer.max_steps=9", "callbacks.checkpoint.every_n_train_steps=3",
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "callbacks.sample_grid.every_n_steps=0",
+    )
+    second = load(tmp_path / "checkpoints" / "last.ckpt")
+    assert second["global_step"] == 9
+    assert second["state_dict"]["ema.n_averaged"].item() == 9  # EMA restored and continued, not restarted
+    assert second["optimizer_states"][0]["state"][0]["step"].item() == 9
+    assert second["lr_schedulers"][0]["last_epoch"] == 9
+    assert torch.equal(second["state_dict"]["schedule.betas"], first["state_dict"]["schedule.betas"])
+    assert (tmp_path / "samples" / "step_0000009.png").is_file()  # the final grid
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["schedule=nope"], "Could not find 'schedule/nope'"),
+    (["schedule.beta_end=1.5"], "beta_end=1.5 is not allowed"),
+    (["schedule.num_timesteps=0"], "num_timesteps=0 is not allowed"),
+    (["data.image_size=7"], "image_size=7 cannot be downsampled"),
+    (["data=mnist", "data.root=/nonexistent/dir", "model.attn_resolutions=[]"], "/nonexistent/dir"),
+    (["data=folder", "data.root=/nonexistent/images", "model.attn_resolutions=[]"], "/nonexistent/images"),
+])
+def test_bad_input_gets_one_clear_line(tmp_path, overrides, message):
+    proc = run_train(tmp_path, "trainer.max_steps=1", *overrides, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_empty_image_folder_is_named(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = run_train(
+        tmp_path / "run", "data=folder", f"data.root={tmp_path / 'empty'}", "model.attn_resolutions=[]", check=False
+    )
+    assert proc.returncode == 2 and str(tmp_path / "empty") in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_lists_config_groups_and_options():
+    out = run_script("train.py", "--help").stdout
+    for line in ("schedule: cosine, linear, quadratic, scaled_linear, sigmoid", "trainer: cpu, ddp, default, gpu",
+                 "logger: csv, none, tensorboard, wandb"):
+        assert line in out
+
+
+def test_wandb_is_not_imported_unless_chosen(first_run):
+    import subprocess
+    import sys
+
+    code = "import sys, runpy; sys.argv=['train.py','--cfg','job']; import lightning.pytorch, ddpm.module; print('wandb' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    assert out.strip().endswith("False")
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(tmp_path):
+    proc = run_train(
+        tmp_path, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+        "trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=2", "callbacks.sample_grid.every_n_steps=2",
+    )
+    assert {p.name for p in (tmp_path / "samples").iterdir()} == {"step_0000002.png", "step_0000004.png"}
+    ckpt = load(tmp_path / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 4 and ckpt["state_dict"]["ema.n_averaged"].item() == 4
+    assert proc.stdout.count("run directory:") == 1  # rank zero reports once
