@@ -80,10 +80,6 @@ def test_resume_continues_step_ema_and_optimizer(first_run, tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (["schedule=nope"], "Could not find 'schedule/nope'"),
     (["schedule.beta_end=1.5"], "beta_end=1.5 is not allowed"),
-    (["schedule.num_timesteps=0"], "num_timesteps=0 is not allowed"),
-    (["data.image_size=7"], "image_size=7 cannot be downsampled"),
-    (["data=mnist", "data.root=/nonexistent/dir", "model.attn_resolutions=[]"], "/nonexistent/dir"),
-    (["data=folder", "data.root=/nonexistent/images", "model.attn_resolutions=[]"], "/nonexistent/images"),
 ])
 def test_bad_input_gets_one_clear_line(tmp_path, overrides, message):
     proc = run_train(tmp_path, "trainer.max_steps=1", *overrides, check=False)
@@ -92,12 +88,38 @@ def test_bad_input_gets_one_clear_line(tmp_path, overrides, message):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["schedule.num_timesteps=0"], "num_timesteps=0 is not allowed"),
+    (["data.image_size=7"], "image_size=7 cannot be downsampled"),
+    (["loss.prediction_type=score"], "prediction_type='score' is not allowed"),
+    (["data=mnist", "data.root=/nonexistent/dir", "model.attn_resolutions=[]"], "/nonexistent/dir"),
+    (["data=folder", "data.root=/nonexistent/images", "model.attn_resolutions=[]"], "/nonexistent/images"),
+])
+def test_bad_input_raises_a_config_error_naming_the_value(tmp_path, overrides, message):
+    from hydra.utils import instantiate
+
+    from ddpm.errors import root_config_error
+    from ddpm.module import build_module
+    from test_configs import compose_train
+
+    cfg = compose_train(*overrides, tmp_path=tmp_path)
+    with pytest.raises(Exception) as info:
+        build_module(cfg)
+        instantiate(cfg.data).setup("fit")
+    error = root_config_error(info.value)
+    assert error is not None and message in str(error) and "\n" not in str(error)
+
+
 def test_empty_image_folder_is_named(tmp_path):
+    from hydra.utils import instantiate
+
+    from ddpm.data import DataError
+    from test_configs import compose_train
+
     (tmp_path / "empty").mkdir()
-    proc = run_train(
-        tmp_path / "run", "data=folder", f"data.root={tmp_path / 'empty'}", "model.attn_resolutions=[]", check=False
-    )
-    assert proc.returncode == 2 and str(tmp_path / "empty") in proc.stderr and "Traceback" not in proc.stderr
+    cfg = compose_train("data=folder", f"data.root={tmp_path / 'empty'}", tmp_path=tmp_path)
+    with pytest.raises(DataError, match=str(tmp_path / "empty")):
+        instantiate(cfg.data).setup("fit")
 
 
 def test_help_lists_config_groups_and_options():
