@@ -101,3 +101,14 @@ def test_kl_terms_for_gaussian_data_with_the_exact_denoiser_match_their_expectat
         t = torch.full((2000,), t_int)
         got = vb_term_bpd(model, sched, x0, t, torch.randn(x0.shape, generator=g), "fixed_small", clip_denoised=False)
         assert got.mean().item() == pytest.approx(expected, rel=0.04), t_int
+
+
+def test_the_bound_uses_a_test_split_and_names_datasets_without_one():
+    from ddpm.data import ImageDataModule, digits, mnist
+    from ddpm.errors import ConfigError
+    from ddpm.nll import held_out_split
+    from conftest import SHARED_DATA
+
+    assert len(held_out_split(ImageDataModule(mnist, 28, 1, root=str(SHARED_DATA)))) == 10_000
+    with pytest.raises(ConfigError, match="'digits'"):
+        held_out_split(ImageDataModule(digits, 8, 1))

@@ -22,7 +22,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 MU, STD = 0.3, 0.5
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def one_thread():
     # Elementwise ops on a few thousand scalars: threading only adds overhead on a busy 2-core machine.
     threads = torch.get_num_threads()

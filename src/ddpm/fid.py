@@ -103,7 +103,8 @@ class FIDCallback(L.Callback):
             if self.reference_path:
                 ref = load_npz(self.reference_path)
                 if not isinstance(ref, FeatureStats):
-                    ref = FeatureStats.from_features(extract_features(ref, self.extractor, self.batch_size, pl_module.device)["pool3"])
+                    features = extract_features(ref, self.extractor, self.batch_size, pl_module.device)["pool3"]
+                    ref = FeatureStats.from_features(features)
                 self.reference = ref
             else:
                 self.reference = reference_statistics(

@@ -132,7 +132,10 @@ def generate_images(
 ) -> np.ndarray:
     """``num_samples`` uint8 NHWC images from the module's EMA weights, in batches, through ``module.sample``."""
     batches = [batch_size] * (num_samples // batch_size) + ([num_samples % batch_size] if num_samples % batch_size else [])
-    out = [to_uint8(module.sample(b, generator=generator, use_ema=True, sampler=sampler)) for b in tqdm(batches, desc="sampling", disable=not progress)]
+    out = [
+        to_uint8(module.sample(b, generator=generator, use_ema=True, sampler=sampler))
+        for b in tqdm(batches, desc="sampling", disable=not progress)
+    ]
     return np.concatenate(out) if out else np.zeros((0, *module.sample_shape[1:], module.sample_shape[0]), np.uint8)
 
 
@@ -211,10 +214,10 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 def kernel_inception_distance(
-    features1: np.ndarray, features2: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+    features1: np.ndarray, features2: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 2020
 ) -> tuple[float, float]:
-    """Mean and std over ``subsets`` random subsets of the unbiased MMD^2 with the cubic polynomial
-    kernel (the KID of torch-fidelity, with its subset draws); ``subset_size`` is capped by both sets."""
+    """Mean and std over ``subsets`` random subsets of the unbiased MMD^2 with the cubic polynomial kernel:
+    torch-fidelity's KID, with its subset draws and default seed. ``subset_size`` is capped by both sets."""
     f1, f2 = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
     m = min(subset_size, len(f1), len(f2))
     if m < 2:
@@ -327,7 +330,9 @@ def reference_statistics(
     dataset = datamodule.build_dataset(**datamodule.dataset_kwargs)
     n = len(dataset) if count is None else int(count)
     if not 2 <= n <= len(dataset):
-        raise ConfigError(f"reference_count={count!r} is not allowed: use 2 to {len(dataset)} (the training set's size) or null for all")
+        raise ConfigError(
+            f"reference_count={count!r} is not allowed: use 2 to {len(dataset)} (the training set's size) or null for all"
+        )
     path = Path(cache_dir).expanduser() / f"{dataset_key(datamodule, n)}.npz" if cache_dir else None
     found = torch.tensor(float(path is not None and path.is_file()))
     if shard.all_sum(found).item() == shard.world:  # every rank sees the file: all read it
@@ -335,8 +340,8 @@ def reference_statistics(
     order = np.random.RandomState(0).permutation(len(dataset))[:n] if n < len(dataset) else np.arange(n)
     starts, sizes = shard.split(n)
     mine = order[starts[shard.rank] : starts[shard.rank] + sizes[shard.rank]]
-    features = torch.from_numpy(extract_features(_dataset_uint8(dataset, mine), extractor, batch_size, device, progress)["pool3"])
-    features = features.to(device)
+    features = extract_features(_dataset_uint8(dataset, mine), extractor, batch_size, device, progress)["pool3"]
+    features = torch.from_numpy(features).to(device)  # (this rank's n, D), float64
     total = shard.all_sum(features.sum(0)).cpu().numpy()
     outer = shard.all_sum(features.T @ features).cpu().numpy()
     # the KID subset is order[:k]: the first rows of the first ranks' blocks

@@ -15,6 +15,7 @@ reported per dimension in bits: nats / (D ln 2).
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -22,6 +23,7 @@ from torch import Tensor
 from torch.special import log_ndtr
 from tqdm.auto import tqdm
 
+from ddpm.errors import ConfigError
 from ddpm.samplers import Denoiser, reverse_log_variance
 from ddpm.schedules import NoiseSchedule, extract
 
@@ -125,4 +127,16 @@ def dataset_bpd(
         out = nll_bpd(model, schedule, x0, generator, variance, clip_denoised)
         for key in sums:
             sums[key] += out[key].sum().item()
-    return {"nll_bpd": sums["total"] / n, "nll_prior_bpd": sums["prior"] / n, "nll_decoder_bpd": sums["decoder"] / n, "nll_num_images": n}
+    return {
+        "nll_bpd": sums["total"] / n, "nll_prior_bpd": sums["prior"] / n, "nll_decoder_bpd": sums["decoder"] / n,
+        "nll_num_images": n,
+    }
+
+
+def held_out_split(datamodule):
+    """The test split of an ``ImageDataModule``'s dataset (its builder must take ``train``), for the bound."""
+    build = datamodule.build_dataset
+    if "train" not in inspect.signature(build).parameters:
+        name = getattr(getattr(build, "func", build), "__name__", build)
+        raise ConfigError(f"metrics=[nll] uses the test split, which data {name!r} does not have (mnist, cifar10, ... do)")
+    return build(train=False, **datamodule.dataset_kwargs)

@@ -102,9 +102,14 @@ def _call(model: Denoiser, x: Tensor, t_int: int, clip: bool, schedule: NoiseSch
     return x0, eps
 
 
-def _check_flag(name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name}={value!r} is not allowed: use true or false")
+def _check_options(steps: int, spacing: str, clip_denoised: bool) -> None:
+    """The constructor arguments DDIM and DPM-Solver share, checked before any sampling."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps={steps!r} is not allowed: use a positive integer such as 20 or 50")
+    if spacing not in SPACINGS:
+        raise ConfigError(f"spacing={spacing!r} is not allowed: choose one of {list(SPACINGS)}")
+    if not isinstance(clip_denoised, bool):
+        raise ConfigError(f"clip_denoised={clip_denoised!r} is not allowed: use true or false")
 
 
 class DDPMSampler:
@@ -183,13 +188,9 @@ class DDIMSampler:
     def __init__(
         self, steps: int = 50, eta: float = 0.0, spacing: str = "linspace", clip_denoised: bool = True, progress: bool = False
     ):
-        if spacing not in SPACINGS:
-            raise ConfigError(f"spacing={spacing!r} is not allowed: choose one of {list(SPACINGS)}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"steps={steps!r} is not allowed: use a positive integer such as 50")
+        _check_options(steps, spacing, clip_denoised)
         if not 0.0 <= eta <= 1.0:
             raise ConfigError(f"eta={eta!r} is not allowed: use a value in [0, 1] (0 deterministic, 1 DDPM-like)")
-        _check_flag("clip_denoised", clip_denoised)
         self.steps, self.eta, self.spacing = steps, float(eta), spacing
         self.clip_denoised, self.progress = clip_denoised, progress
 
@@ -239,11 +240,7 @@ class DPMSolverSampler:
     name = "dpm_solver"
 
     def __init__(self, steps: int = 20, spacing: str = "logsnr", clip_denoised: bool = True, progress: bool = False):
-        if spacing not in SPACINGS:
-            raise ConfigError(f"spacing={spacing!r} is not allowed: choose one of {list(SPACINGS)}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"steps={steps!r} is not allowed: use a positive integer such as 20")
-        _check_flag("clip_denoised", clip_denoised)
+        _check_options(steps, spacing, clip_denoised)
         self.steps, self.spacing = steps, spacing
         self.clip_denoised, self.progress = clip_denoised, progress
 
@@ -261,7 +258,8 @@ class DPMSolverSampler:
 
         x = x_T.float()  # (B, C, H, W)
         x0_prev, h_prev = None, None  # the previous step's data prediction and log-SNR step
-        for t, t_next in tqdm(step_pairs(self.timesteps(schedule)), desc="dpm-solver++", disable=not self.progress, leave=False):
+        pairs = step_pairs(self.timesteps(schedule))
+        for t, t_next in tqdm(pairs, desc="dpm-solver++", disable=not self.progress, leave=False):
             x0, _ = _call(model, x, t, self.clip_denoised, schedule)
             if t_next < 0:
                 x = x0  # lambda = +inf: alpha = 1, sigma = 0, e^{-h} = 0
@@ -271,9 +269,9 @@ class DPMSolverSampler:
             if x0_prev is None:
                 d = x0  # 1. first step: DPM-Solver++(1), i.e. DDIM
             else:
-                r = h_prev / h  # 2. second-order multistep correction   (Algorithm 2, line 5)
+                r = h_prev / h  # 2. second-order multistep correction: D_i, r_i of Algorithm 2
                 d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-            x = ratio * x - alpha_next * math.expm1(-h) * d  # 3. the exponential-integrator update   (Eq. 9)
+            x = ratio * x - alpha_next * math.expm1(-h) * d  # 3. the exponential-integrator update of Algorithm 2
             x0_prev, h_prev = x0, h
         return x
 

@@ -1,0 +1,160 @@
+"""evaluate.py on a tiny MNIST checkpoint: outputs, EMA weights, sampler options, samples_path mode,
+reference caching and files, NLL, and one-line errors. A stand-in replaces Inception in-process
+(test_metrics.py checks the real network); the CLI error path runs the real script."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import ROOT, SHARED_DATA
+from ddpm.errors import ConfigError
+from ddpm.metrics import FeatureStats, generate_images, to_uint8
+from ddpm.module import build_module
+from ddpm.samplers import DDIMSampler
+from test_metrics import StandIn
+
+spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "evaluate.py")
+evaluate_script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(evaluate_script)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a second thread only adds contention on the shared 2-core machine
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run directory as train.py leaves it: config.yaml and checkpoints/last.ckpt (EMA != raw weights)."""
+    run_dir = tmp_path_factory.mktemp("run")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["model=unet_tiny", "model.attn_resolutions=[14]", "schedule.num_timesteps=10", "data=mnist",
+                                          f"data.root={SHARED_DATA}", f"paths.output_dir={run_dir}"])
+    module = build_module(cfg)
+    with torch.no_grad():
+        for p in module.net.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # the raw weights move away from the EMA copy
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    (run_dir / "checkpoints").mkdir()
+    torch.save({"state_dict": module.state_dict(), "global_step": 0}, run_dir / "checkpoints" / "last.ckpt")
+    return run_dir, module
+
+
+@pytest.fixture
+def standin(monkeypatch):
+    extractor = StandIn()
+    monkeypatch.setattr(evaluate_script, "InceptionFeatures", lambda weights=None: extractor)
+    return extractor
+
+
+def config(*overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("evaluate", overrides=["progress=false", "kid_subsets=2", "kid_subset_size=5", *overrides])
+
+
+def test_a_checkpoint_is_sampled_from_its_ema_weights_and_scored(run, standin, tmp_path):
+    run_dir, module = run
+    cfg = config(f"ckpt_path={run_dir}/checkpoints/last.ckpt", "sampler=ddim", "sampler.steps=3", "sampler.eta=0.5",
+                 "num_samples=6", "batch_size=4", "reference_count=50", f"reference_cache_dir={tmp_path}")
+    result = evaluate_script.evaluate(cfg)
+
+    out = run_dir / "eval" / "ddim_3_6"
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "samples.npz", "samples.png"]
+    with np.load(out / "samples.npz") as f:
+        assert f.files == ["images"] and f["images"].dtype == np.uint8 and f["images"].shape == (6, 28, 28, 1)
+        images = f["images"]
+    # the same seed, batches and sampler through the module's EMA weights give the same images
+    again = generate_images(module, 6, 4, torch.Generator().manual_seed(0), DDIMSampler(3, eta=0.5))
+    assert np.array_equal(images, again)
+    raw = module.sample(4, torch.Generator().manual_seed(0), use_ema=False, sampler=DDIMSampler(3, eta=0.5))
+    assert not np.array_equal(images[:4], to_uint8(raw))  # and not the raw weights
+
+    written = json.loads((out / "metrics.json").read_text())
+    assert written == json.loads(json.dumps(result))
+    assert written["sampler"] == "ddim" and written["steps"] == 3 and written["num_samples"] == 6
+    assert written["sampler_config"]["eta"] == 0.5
+    assert written["seconds"] > 0 and written["images_per_second"] == pytest.approx(6 / written["seconds"])
+    assert np.isfinite(written["fid"]) and np.isfinite(written["kid_mean"]) and written["kid_subset_size"] == 5
+    assert written["is"] is None and written["is_reason"]
+    assert [p.name for p in tmp_path.iterdir()] == ["mnist-train-n50-1x28px.npz"]
+
+
+def test_samples_made_elsewhere_score_the_same_and_reuse_the_cached_reference(run, standin, tmp_path):
+    run_dir, _ = run
+    common = ["reference_count=50", f"reference_cache_dir={tmp_path}"]
+    first = evaluate_script.evaluate(config(f"ckpt_path={run_dir}/checkpoints/last.ckpt", "sampler=dpm_solver",
+                                            "sampler.steps=2", "num_samples=6", "batch_size=6", *common))
+    samples = run_dir / "eval" / "dpm_solver_2_6" / "samples.npz"
+    calls = standin.calls
+    second = evaluate_script.evaluate(config(f"samples_path={samples}", "data=mnist", f"data.root={SHARED_DATA}", *common))
+    assert standin.calls == calls + 6  # the samples only: the reference came from the cache
+    assert second["fid"] == pytest.approx(first["fid"], rel=1e-12) and second["kid_mean"] == pytest.approx(first["kid_mean"])
+    assert second["sampler"] is None and second["num_samples"] == 6
+    assert (samples.parent / "samples_metrics" / "metrics.json").is_file()
+
+
+def test_reference_files_may_hold_images_or_mu_sigma(run, standin, tmp_path):
+    images = np.random.RandomState(0).randint(0, 256, (7, 28, 28, 1)).astype(np.uint8)
+    np.savez(tmp_path / "samples.npz", images=images)
+    np.savez(tmp_path / "ref_images.npz", images[::-1].copy())  # the first array, unnamed
+    by_images = evaluate_script.evaluate(config(f"samples_path={tmp_path}/samples.npz", f"reference_path={tmp_path}/ref_images.npz"))
+    stats = FeatureStats.from_features(StandIn()(torch.from_numpy(images[::-1].copy()).permute(0, 3, 1, 2).expand(-1, 3, -1, -1))["pool3"].numpy())
+    np.savez(tmp_path / "ref_stats.npz", mu=stats.mu, sigma=stats.sigma)
+    by_stats = evaluate_script.evaluate(config(f"samples_path={tmp_path}/samples.npz", f"reference_path={tmp_path}/ref_stats.npz", "out_dir=" + str(tmp_path / "o")))
+    assert by_images["fid"] == pytest.approx(0.0, abs=1e-9)  # the same images in another order
+    assert by_stats["fid"] == pytest.approx(by_images["fid"], abs=1e-6)
+    assert by_stats["kid_mean"] is None and "mu/sigma" in by_stats["kid_reason"]
+
+
+def test_nll_of_the_checkpoint_on_test_images_needs_no_inception(run, monkeypatch, tmp_path):
+    run_dir, module = run
+    monkeypatch.setattr(evaluate_script, "InceptionFeatures", lambda *a: pytest.fail("Inception is not needed"))
+    result = evaluate_script.evaluate(config(f"ckpt_path={run_dir}/checkpoints/last.ckpt", "metrics=[nll]", "num_samples=2",
+                                             "nll.num_images=3", "nll.batch_size=2", f"out_dir={tmp_path}"))
+    assert result["nll_num_images"] == 3 and np.isfinite(result["nll_bpd"]) and result["nll_bpd"] > 0
+    assert result["nll_bpd"] > result["nll_prior_bpd"] + result["nll_decoder_bpd"] - 1e-9
+    assert "fid" not in result
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ([], "give exactly one"),
+        (["ckpt_path=a.ckpt", "samples_path=b.npz"], "give exactly one"),
+        (["samples_path=b.npz", "metrics=[nll]"], "needs ckpt_path"),
+        (["samples_path=b.npz", "metrics=[fid,ssim]"], "'ssim'"),
+        (["ckpt_path=/nowhere/checkpoints/last.ckpt", "metrics=[nll]"], "is not a checkpoint"),
+    ],
+)
+def test_bad_requests_are_named(standin, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        evaluate_script.evaluate(config(*overrides))
+
+
+def test_samples_without_a_reference_say_what_to_give(standin, tmp_path):
+    np.savez(tmp_path / "s.npz", images=np.zeros((3, 8, 8, 1), np.uint8))
+    with pytest.raises(ConfigError, match="reference_path=FILE.npz"):
+        evaluate_script.evaluate(config(f"samples_path={tmp_path}/s.npz"))
+
+
+def test_missing_inception_weights_are_one_line_from_the_command_line(tmp_path):
+    np.savez(tmp_path / "s.npz", images=np.zeros((3, 8, 8, 1), np.uint8))
+    env = {k: v for k, v in os.environ.items() if k != "DDPM_INCEPTION_WEIGHTS"}
+    env["TORCH_HOME"] = str(tmp_path / "torch")  # an empty torch-fidelity cache
+    proc = subprocess.run([sys.executable, "evaluate.py", f"samples_path={tmp_path}/s.npz", f"hydra.run.dir={tmp_path}/h"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no Inception weights found")
+    assert "DDPM_INCEPTION_WEIGHTS" in lines[0] and "inception_weights=FILE" in lines[0]
