@@ -1,7 +1,7 @@
 """Pictures of diffusion, drawn from the same schedule code that trains the models.
 
     python -m ddpm.plots schedules [--schedules linear cosine ...] [--out DIR]
-    python -m ddpm.plots forward [--image digits|mnist|china|flower|PATH] [--root DIR] [--out DIR]
+    python -m ddpm.plots forward [--image digits|mnist|china|flower|PATH] [--root DIR] [--size 64] [--out DIR]
     python -m ddpm.plots forward1d [--beta 0.01] [--out DIR]
 
 Every curve is a buffer of a ``NoiseSchedule`` and every noised sample comes from its
@@ -22,8 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib import colormaps
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from PIL import Image
 from torch import Tensor
 
@@ -40,7 +42,7 @@ SCHEDULES: dict[str, Callable[[], NoiseSchedule]] = {
     "sigmoid": schedules.sigmoid,
     # abar_T = 0.08: x_T keeps 29% of the image, so sampling from N(0, I) starts off the training distribution.
     "too_little_noise": functools.partial(schedules.linear, beta_start=1e-3, beta_end=4e-3),
-    # abar_t < 1e-3 from t = 296 on: 70% of the steps see pure noise, and step 0 already removes 1% of the signal.
+    # abar_t < 1e-3 from t = 293 on: 70% of the steps see pure noise, and step 0 already removes 1% of the signal.
     "too_much_noise": functools.partial(schedules.linear, beta_start=1e-2, beta_end=0.1),
 }
 DEFAULT_SCHEDULES = ["linear", "cosine", "scaled_linear", "too_little_noise", "too_much_noise"]
@@ -60,13 +62,14 @@ def describe(name: str, schedule: NoiseSchedule) -> str:
 
 
 def save_figure(fig: Figure, path: Path) -> Tensor:
-    """Render ``fig`` on the Agg canvas, write it as a PNG and return it as a (3, H, W) tensor in [0, 1]."""
+    """Render ``fig`` once on the Agg canvas (at ``fig.dpi``), write it as a PNG and return the same
+    picture as a (3, H, W) tensor in [0, 1], for the logger."""
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba())  # (H, W, 4) uint8
+    rgb = np.asarray(canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3) uint8
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=fig.dpi)
-    return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).float() / 255
+    Image.fromarray(rgb).save(path)
+    return torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
 
 
 # ---- schedules ------------------------------------------------------------------------------------
@@ -110,7 +113,8 @@ def schedules_figure(names: list[str]) -> Figure:
     )
     ax_abar.axhline(0, color="k", linewidth=0.8)
     ax_abar.annotate(
-        r"$\bar\alpha_T$ (dots) must reach ≈ 0, so that $x_T \sim N(0, I)$" "\nand sampling can start from pure noise",
+        r"$\bar\alpha_T$ (dots) must reach ≈ 0, so that $x_T \sim N(0, I)$"
+        "\nand sampling can start from pure noise",
         xy=(0.97, 0.68), xycoords="axes fraction", ha="right", fontsize=10,
         bbox={"boxstyle": "round", "facecolor": "lightyellow", "edgecolor": "0.6"},
     )
@@ -172,14 +176,14 @@ def load_image(image: str, size: int, root: str | None = None) -> Tensor:
 
 
 def forward_figure(x0: Tensor, names: list[str], fractions: list[float], seed: int = 0) -> Figure:
-    """x_t = q_sample(x_0, t, eps) for each schedule (rows) at t = round(f (T - 1)) (columns), one eps for all."""
+    """x_t = q_sample(x_0, t, eps) for each schedule (rows) at t = min(round(f T), T - 1) (columns), one eps for all."""
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))  # the same noise everywhere
-    fig = Figure(figsize=(1.6 * len(fractions) + 1.6, 1.75 * len(names) + 0.9), layout="constrained")
+    fig = Figure(figsize=(1.6 * len(fractions) + 0.6, 2.05 * len(names) + 0.5), layout="constrained")
     axes = fig.subplots(len(names), len(fractions), squeeze=False)
     for row, name in zip(axes, names):
         schedule = get_schedule(name)
         for ax, f in zip(row, fractions):
-            t = torch.tensor([round(f * (schedule.num_timesteps - 1))])
+            t = torch.tensor([min(round(f * schedule.num_timesteps), schedule.num_timesteps - 1)])
             x_t = schedule.q_sample(x0[None], t, eps[None])[0]  # (C, H, W)
             img = ((x_t.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
             ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -204,13 +208,15 @@ def bimodal(num: int, generator: torch.Generator) -> Tensor:
     return mode + 0.08 * torch.randn(num, generator=generator)
 
 
-def forward1d_figure(beta: float, num: int = 100_000, seed: int = 0) -> Figure:
+def forward1d_figure(beta: float, num: int = 20_000, seed: int = 0) -> Figure:
     """Histograms of x_t at several t for a fixed beta and the linear schedule, and Var[x_t] over t."""
     g = torch.Generator().manual_seed(seed)
     linear = schedules.linear()
-    runs = {f"fixed β = {beta:g}": NoiseSchedule(torch.full((linear.num_timesteps,), beta)), "linear β 1e-4…0.02": linear}
-    x0 = bimodal(num, g)[:, None]  # (N, 1)
+    fixed = NoiseSchedule(torch.full((linear.num_timesteps,), beta))
+    runs = {f"fixed β = {beta:g}": fixed, "linear β 1e-4…0.02": linear}
+    x0 = bimodal(num, g)[None]  # (1, N): N draws of a scalar, as one item of a batch
     eps = torch.randn(x0.shape, generator=g)
+    eps = (eps - eps.mean()) / eps.std()  # moments exactly 0 and 1, so Var[x_t] visibly ends at 1
     times = [0, 25, 100, 200, 350, 500, 999]
     grid = np.linspace(-4, 4, 200)
     normal = np.exp(-grid**2 / 2) / math.sqrt(2 * math.pi)  # the N(0, 1) the process ends at
@@ -222,13 +228,13 @@ def forward1d_figure(beta: float, num: int = 100_000, seed: int = 0) -> Figure:
     t_every = torch.arange(0, linear.num_timesteps, 5)
     for (label, schedule), axes, color in zip(runs.items(), hist_axes, ("C3", "C0")):
         for ax, t_int in zip(axes, times):
-            x_t = schedule.q_sample(x0, torch.full((num,), t_int), eps)[:, 0]
+            x_t = schedule.q_sample(x0, torch.tensor([t_int]), eps)[0]  # (N,)
             ax.hist(x_t.numpy(), bins=80, range=(-4, 4), density=True, color=color, alpha=0.75)
             ax.plot(grid, normal, color="k", linestyle="--", linewidth=1)
             ax.set_title(rf"t={t_int}, $\bar\alpha_t$={schedule.alphas_cumprod[t_int]:.2g}", fontsize=10)
             ax.set_xlabel("$x_t$")
         axes[0].set_ylabel(f"{label}\ndensity")
-        x_all = torch.stack([schedule.q_sample(x0, torch.full((num,), int(t)), eps)[:, 0] for t in t_every])  # (len, N)
+        x_all = schedule.q_sample(x0.expand(len(t_every), -1), t_every, eps.expand(len(t_every), -1))  # (K, N)
         var_ax.plot(t_every, x_all.var(dim=1), color=color, label=label)
         mean_ax.plot(t_every, x_all.mean(dim=1), color=color, label=label)
     hist_axes[0, -1].plot([], [], color="k", linestyle="--", label="N(0, 1)")
@@ -249,21 +255,50 @@ def forward1d_figure(beta: float, num: int = 100_000, seed: int = 0) -> Figure:
 LIMITS = (-1.3, 1.3)
 
 
-def _scatter_data(ax, data: Tensor) -> None:
-    ax.scatter(data[:, 0], data[:, 1], s=3, color="0.75", label="data", rasterized=True)
-    ax.set(xlim=LIMITS, ylim=LIMITS, aspect="equal", xlabel="x₁", ylabel="x₂")
+def _draw_data(ax, data: Tensor, limits: tuple[float, float] = LIMITS) -> None:
+    ax.scatter(data[:, 0], data[:, 1], s=3, color="0.78", label="data", rasterized=True)
+    ax.set(xlim=limits, ylim=limits, aspect="equal", xlabel="$x_1$", ylabel="$x_2$")
 
 
-def points_figure(data: Tensor, panels: dict[str, Tensor], distance: Callable[[Tensor, Tensor], float]) -> Figure:
-    """One panel per named sample set (N, 2), drawn over the data, titled with its distance to the data."""
-    fig = Figure(figsize=(5.2 * len(panels), 5.6), layout="constrained")
+def _dot(color, label: str, size: float = 6, **kwargs) -> Line2D:
+    """A legend entry for a scatter of small dots, drawn large enough to see."""
+    marker = kwargs.pop("marker", "o")
+    return Line2D([], [], linestyle="", marker=marker, markersize=size, color=color, label=label, **kwargs)
+
+
+def points_figure(
+    data: Tensor,
+    panels: dict[str, Tensor],
+    distance: Callable[[Tensor, Tensor], float],
+    references: dict[str, float],
+) -> Figure:
+    """One panel per named sample set (N, 2) over the data, with its distance to the data.
+
+    ``references`` are the distances of reference sets (another draw of the data, pure noise),
+    printed in the figure title so the numbers can be read.
+    """
+    fig = Figure(figsize=(5.2 * len(panels), 5.9), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    mean, data_spread = data.mean(dim=0), data.std(dim=0).norm().item()
     for ax, (name, x), color in zip(axes, panels.items(), ("C0", "C3", "C2")):
-        _scatter_data(ax, data)
-        ax.scatter(x[:, 0], x[:, 1], s=3, color=color, label="samples", rasterized=True)
+        _draw_data(ax, data)
+        ax.scatter(*mean, marker="x", s=60, color="k", linewidths=1.5, zorder=3)
+        ax.scatter(x[:, 0], x[:, 1], s=3, color=color, rasterized=True, zorder=4)
         spread = x.std(dim=0).norm().item()
-        ax.set_title(f"{name}\nMMD to data {distance(x, data):.3f}, spread {spread:.2f} (data {data.std(dim=0).norm():.2f})")
-        ax.legend(loc="upper left", markerscale=4)
+        if spread < 0.1 * data_spread:  # a collapsed sample is a dot: point at it
+            ax.annotate(
+                f"all {len(x)} samples", xy=x.mean(dim=0).tolist(), xytext=(0.55, 0.12), textcoords="axes fraction",
+                arrowprops={"arrowstyle": "->", "color": color}, color=color, fontsize=11,
+            )
+        ax.set_title(f"{name}\ndistance to data {distance(x, data):.3f}, spread {spread:.2f}")
+        handles = [_dot("0.7", "data"), _dot(color, "samples"), _dot("k", "mean of the data", marker="x", mew=1.5)]
+        ax.legend(handles=handles, loc="upper left", fontsize=9)
+    refs = ", ".join(f"{name} {value:.3f}" for name, value in references.items())
+    fig.suptitle(
+        f"distance = mean nearest-neighbour distance, both ways\nreference distances: {refs}\n"
+        f"spread = √(Var x₁ + Var x₂); the data's is {data_spread:.2f}",
+        fontsize=9,
+    )
     return fig
 
 
@@ -277,40 +312,58 @@ def vector_field_figure(
     fields = {t: score(grid, t) for t in times}
     norms = torch.cat([f.norm(dim=1) for f in fields.values()])
     color_norm = LogNorm(vmin=norms.min().clamp(min=1e-3).item(), vmax=norms.max().item())
-    fig = Figure(figsize=(4.2 * len(times) + 1, 4.9), layout="constrained")
+    cmap = colormaps["viridis"].resampled(10)  # a few distinct colours read better than a gradient
+    fig = Figure(figsize=(3.6 * len(times) + 1.2, 4.3), layout="constrained")
     axes = fig.subplots(1, len(times), squeeze=False)[0]
     for ax, (t, s) in zip(axes, fields.items()):
         ax.scatter(data[:, 0], data[:, 1], s=2, color="0.8", rasterized=True)
         length = s.norm(dim=1, keepdim=True).clamp(min=1e-12)
         u = s / length  # unit arrows: the size spans orders of magnitude across t, so it is the colour
         quiver = ax.quiver(
-            grid[:, 0], grid[:, 1], u[:, 0], u[:, 1], length[:, 0], cmap="viridis", norm=color_norm,
+            grid[:, 0], grid[:, 1], u[:, 0], u[:, 1], length[:, 0], cmap=cmap, norm=color_norm,
             angles="xy", scale_units="xy", scale=1 / 0.11, width=0.006,
         )
-        ax.set(xlim=(-1.6, 1.6), ylim=(-1.6, 1.6), aspect="equal", xlabel="x₁")
-        ax.set_title(f"t = {t}   (√ᾱ_t = {schedule.sqrt_alphas_cumprod[t].item():.2f})")
-    axes[0].set_ylabel("x₂")
-    fig.colorbar(quiver, ax=axes, label="|score| = |ε̂| / √(1-ᾱ_t)", shrink=0.8)
-    fig.suptitle("Learned score ∇ log p_t(x) = -ε̂(x, t) / √(1-ᾱ_t): direction of the arrows, size as colour")
+        ax.set(xlim=(-1.6, 1.6), ylim=(-1.6, 1.6), aspect="equal", xlabel="$x_1$")
+        ax.set_title(rf"t = {t}   ($\sqrt{{\bar\alpha_t}}$ = {schedule.sqrt_alphas_cumprod[t].item():.2f})")
+    axes[0].set_ylabel("$x_2$")
+    fig.colorbar(quiver, ax=axes, label=r"$|\hat\epsilon|\,/\,\sqrt{1-\bar\alpha_t}$", shrink=0.85, pad=0.01)
+    fig.suptitle(
+        r"Learned score $\nabla_x \log p_t(x) = -\hat\epsilon(x, t) / \sqrt{1-\bar\alpha_t}$"
+        " (grey: the data): arrows show its direction, colour its size"
+    )
     return fig
 
 
-def trajectories_figure(paths: Tensor, data: Tensor) -> Figure:
-    """Reverse paths (K, T + 1, 2) from x_T (open circle) to x_0 (dot) over the data."""
-    fig = Figure(figsize=(6.5, 6.5), layout="constrained")
-    ax = fig.subplots()
-    _scatter_data(ax, data)
-    for k, path in enumerate(paths):
-        color = f"C{k % 10}"
-        ax.plot(path[:, 0], path[:, 1], color=color, linewidth=0.7, alpha=0.8)
-        ax.scatter(*path[0], s=40, facecolors="none", edgecolors=color, linewidths=1.5)
-        ax.scatter(*path[-1], s=40, color=color, edgecolors="k", linewidths=0.8, zorder=3)
-    lim = max(1.3, paths.abs().max().item() * 1.05)
-    ax.set(xlim=(-lim, lim), ylim=(-lim, lim))
-    ax.scatter([], [], s=40, facecolors="none", edgecolors="k", label="x_T ~ N(0, I)")
-    ax.scatter([], [], s=40, color="0.5", edgecolors="k", label="x_0")
-    ax.legend(loc="upper left", markerscale=1)
-    ax.set_title(f"{len(paths)} reverse trajectories x_T → x_0 ({paths.shape[1] - 1} steps)")
+def trajectories_figure(states: list[Tensor], times: list[int], data: Tensor, num_paths: int) -> Figure:
+    """The sampled points at each of ``times`` and at the end; the first ``num_paths`` points are
+    drawn large, with their path since the previous panel.
+
+    ``states`` are T + 1 tensors (N, 2): states[k] is x_t for t = T - 1 - k, the input of the
+    sampler's step at t, and states[T] is its output.
+    """
+    T = len(states) - 1
+    panels = [(f"t = {t}", T - 1 - t) for t in times] + [("output $x_0$", T)]
+    paths = torch.stack([x[:num_paths] for x in states], dim=1)  # (K, T + 1, 2)
+    fig = Figure(figsize=(3.5 * len(panels), 4.3), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    previous = 0
+    for ax, (title, k) in zip(axes, panels):
+        _draw_data(ax, data, limits=(-2.5, 2.5))
+        ax.scatter(states[k][:, 0], states[k][:, 1], s=2, color="C0", alpha=0.4, rasterized=True)
+        for i, path in enumerate(paths):
+            color = f"C{(i + 1) % 10}"
+            ax.plot(path[previous : k + 1, 0], path[previous : k + 1, 1], color=color, linewidth=0.9)
+            ax.scatter(*path[k], s=40, color=color, edgecolors="k", linewidths=0.8, zorder=3)
+        ax.set_title(title)
+        previous = k
+    few = "a few of them, with\ntheir path since the\nprevious panel"
+    handles = [
+        _dot("0.7", "data"),
+        _dot("C0", "sampled points", alpha=0.6),
+        Line2D([], [], color="C1", marker="o", markeredgecolor="k", label=few),
+    ]
+    axes[0].legend(handles=handles, loc="upper left", fontsize=8)
+    fig.suptitle(f"Reverse process: {len(states[0])} points from $x_T \\sim N(0, I)$ through {T} sampler steps")
     return fig
 
 
@@ -325,7 +378,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--schedules", **names, help=f"from {sorted(SCHEDULES)} (default: %(default)s)")
     p = sub.add_parser("forward", help="x_t of one image at a row of timesteps, one row per schedule")
     p.add_argument("--schedules", **names, help=f"from {sorted(SCHEDULES)} (default: %(default)s)")
-    p.add_argument("--image", default="digits", help="digits | mnist (needs --root) | china | flower | PATH")
+    p.add_argument("--image", help="digits | mnist | china | flower | PATH (default: mnist with --root, else digits)")
     p.add_argument("--root", default=None, help="data root holding MNIST/raw, for --image mnist")
     p.add_argument("--size", type=int, default=64, help="side of the square image in pixels (default 64)")
     p.add_argument("--seed", type=int, default=0)
@@ -334,6 +387,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     for p in sub.choices.values():
         p.add_argument("--out", type=Path, default=Path("outputs/plots"), help="folder for the PNGs")
+        p.add_argument("--dpi", type=int, default=100, help="pixels per inch of the PNGs (default 100)")
     return parser
 
 
@@ -346,8 +400,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if args.command == "schedules":
         figures = {"schedules": schedules_figure(args.schedules)}
     elif args.command == "forward":
-        name = Path(args.image).stem if Path(args.image).is_file() else args.image
-        x0 = load_image(args.image, args.size, args.root)
+        image = args.image or ("mnist" if args.root else "digits")
+        name = Path(image).stem if Path(image).is_file() else image
+        x0 = load_image(image, args.size, args.root)
         figures = {f"forward_{name}": forward_figure(x0, args.schedules, FORWARD_FRACTIONS, args.seed)}
     else:
         if not 0 < args.beta < 1:
@@ -355,6 +410,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         figures = {"forward1d": forward1d_figure(args.beta, seed=args.seed)}
     paths = []
     for name, fig in figures.items():
+        fig.set_dpi(args.dpi)
         paths.append(args.out / f"{name}.png")
         save_figure(fig, paths[-1])
         print(f"wrote {paths[-1]}")
