@@ -142,15 +142,13 @@ class DDPMSampler:
         """All T steps: [T-1, ..., 0]."""
         return list(range(schedule.num_timesteps - 1, -1, -1))
 
-    def log_variance(self, schedule: NoiseSchedule, t: Tensor, ndim: int) -> Tensor:
-        """log sigma_t^2 of the reverse step at t, shaped to broadcast."""
-        return reverse_log_variance(schedule, self.variance, t, ndim)
-
     @torch.no_grad()
     def __call__(
         self, model: Denoiser, schedule: NoiseSchedule, x_T: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
         x = x_T.float()  # (B, C, H, W)
+        all_t = torch.arange(schedule.num_timesteps, device=x.device)
+        sigmas = self.noise_scale * (0.5 * reverse_log_variance(schedule, self.variance, all_t, 1)).exp()  # (T,), once
         pairs = step_pairs(self.timesteps(schedule))
         for t_int, t_next in tqdm(pairs, desc="ddpm", disable=not self.progress, leave=False):
             t = torch.full((x.shape[0],), t_int, device=x.device, dtype=torch.long)
@@ -162,7 +160,7 @@ class DDPMSampler:
                 x = mean  # the last step returns the mean (no noise added to x_0)
             else:
                 z = torch.randn(x.shape, generator=generator, device=x.device)
-                x = mean + self.noise_scale * (0.5 * self.log_variance(schedule, t, x.ndim)).exp() * z
+                x = mean + extract(sigmas, t, x.ndim) * z
         return x
 
 
