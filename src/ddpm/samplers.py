@@ -102,16 +102,6 @@ def _call(model: Denoiser, x: Tensor, t_int: int, clip: bool, schedule: NoiseSch
     return x0, eps
 
 
-def _check_options(steps: int, spacing: str, clip_denoised: bool) -> None:
-    """The constructor arguments DDIM and DPM-Solver share, checked before any sampling."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"steps={steps!r} is not allowed: use a positive integer such as 20 or 50")
-    if spacing not in SPACINGS:
-        raise ConfigError(f"spacing={spacing!r} is not allowed: choose one of {list(SPACINGS)}")
-    if not isinstance(clip_denoised, bool):
-        raise ConfigError(f"clip_denoised={clip_denoised!r} is not allowed: use true or false")
-
-
 class DDPMSampler:
     """Ancestral sampling, Algorithm 2 of Ho et al. 2020, with fixed reverse variance.
 
@@ -164,7 +154,24 @@ class DDPMSampler:
         return x
 
 
-class DDIMSampler:
+class _SubsequenceSampler:
+    """What DDIM and DPM-Solver share: ``steps`` model calls at ``timestep_sequence(schedule, steps, spacing)``."""
+
+    def __init__(self, steps: int, spacing: str, clip_denoised: bool, progress: bool):
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"steps={steps!r} is not allowed: use a positive integer such as 20 or 50")
+        if spacing not in SPACINGS:
+            raise ConfigError(f"spacing={spacing!r} is not allowed: choose one of {list(SPACINGS)}")
+        if not isinstance(clip_denoised, bool):
+            raise ConfigError(f"clip_denoised={clip_denoised!r} is not allowed: use true or false")
+        self.steps, self.spacing = steps, spacing
+        self.clip_denoised, self.progress = clip_denoised, progress
+
+    def timesteps(self, schedule: NoiseSchedule) -> list[int]:
+        return timestep_sequence(schedule, self.steps, self.spacing)
+
+
+class DDIMSampler(_SubsequenceSampler):
     """DDIM (Song et al. 2021, "Denoising Diffusion Implicit Models") on a subsequence of timesteps.
 
     x_{t'} = sqrt(abar_{t'}) x0_hat + sqrt(1 - abar_{t'} - sigma^2) eps_hat + sigma z          (Eq. 12)
@@ -186,14 +193,10 @@ class DDIMSampler:
     def __init__(
         self, steps: int = 50, eta: float = 0.0, spacing: str = "linspace", clip_denoised: bool = True, progress: bool = False
     ):
-        _check_options(steps, spacing, clip_denoised)
+        super().__init__(steps, spacing, clip_denoised, progress)
         if not 0.0 <= eta <= 1.0:
             raise ConfigError(f"eta={eta!r} is not allowed: use a value in [0, 1] (0 deterministic, 1 DDPM-like)")
-        self.steps, self.eta, self.spacing = steps, float(eta), spacing
-        self.clip_denoised, self.progress = clip_denoised, progress
-
-    def timesteps(self, schedule: NoiseSchedule) -> list[int]:
-        return timestep_sequence(schedule, self.steps, self.spacing)
+        self.eta = float(eta)
 
     @torch.no_grad()
     def __call__(
@@ -214,7 +217,7 @@ class DDIMSampler:
         return x
 
 
-class DPMSolverSampler:
+class DPMSolverSampler(_SubsequenceSampler):
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2): multistep second order, data prediction.
 
     Notation: alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t), lambda_t = log(alpha_t / sigma_t),
@@ -238,12 +241,7 @@ class DPMSolverSampler:
     name = "dpm_solver"
 
     def __init__(self, steps: int = 20, spacing: str = "logsnr", clip_denoised: bool = True, progress: bool = False):
-        _check_options(steps, spacing, clip_denoised)
-        self.steps, self.spacing = steps, spacing
-        self.clip_denoised, self.progress = clip_denoised, progress
-
-    def timesteps(self, schedule: NoiseSchedule) -> list[int]:
-        return timestep_sequence(schedule, self.steps, self.spacing)
+        super().__init__(steps, spacing, clip_denoised, progress)
 
     @torch.no_grad()
     def __call__(
