@@ -33,7 +33,34 @@ def log_image(trainer: L.Trainer, key: str, image: Tensor, step: int) -> None:
             logger.experiment.add_image(key, image.float().cpu(), global_step=step)
 
 
-class SampleGrid(L.Callback):
+class PeriodicDrawing(L.Callback):
+    """Calls ``draw(trainer, pl_module)`` every ``every_n_steps`` optimizer steps (0: never) and once
+    more at the end of training, unless the last step was just drawn. ``draw`` runs on rank zero."""
+
+    def __init__(self, every_n_steps: int):
+        if every_n_steps < 0:
+            raise ConfigError(f"every_n_steps={every_n_steps!r} is not allowed: use 0 (only at the end) or more")
+        self.every_n_steps = every_n_steps
+        self._last_step = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
+            self._draw_once(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.global_step != self._last_step:
+            self._draw_once(trainer, pl_module)
+
+    def _draw_once(self, trainer: L.Trainer, pl_module) -> None:
+        self._last_step = trainer.global_step
+        rank_zero_only(self.draw)(trainer, pl_module)
+
+    def draw(self, trainer: L.Trainer, pl_module) -> None:
+        raise NotImplementedError
+
+
+class SampleGrid(PeriodicDrawing):
     """Every ``every_n_steps`` optimizer steps and at the end of training, sample a grid with a
     fixed seed and save it as ``<run dir>/samples/step_XXXXXXX.png``; also sent to the logger.
 
@@ -46,29 +73,16 @@ class SampleGrid(L.Callback):
     """
 
     def __init__(self, every_n_steps: int = 1000, num_samples: int = 64, seed: int = 0, compare_raw: bool = False):
-        if every_n_steps < 0 or num_samples < 1:
-            raise ConfigError(
-                f"every_n_steps={every_n_steps!r}, num_samples={num_samples!r}: need every_n_steps >= 0 and num_samples >= 1"
-            )
-        self.every_n_steps = every_n_steps
+        super().__init__(every_n_steps)
+        if num_samples < 1:
+            raise ConfigError(f"num_samples={num_samples!r} is not allowed: use 1 or more")
         self.num_samples = num_samples
         self.seed = seed
         self.compare_raw = compare_raw
-        self._last_step = -1
         self.last_path: Path | None = None
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def draw(self, trainer: L.Trainer, pl_module) -> None:
         step = trainer.global_step
-        if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
-            self._sample(trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.global_step != self._last_step:
-            self._sample(trainer, pl_module)
-
-    @rank_zero_only
-    def _sample(self, trainer: L.Trainer, pl_module) -> None:
-        self._last_step = step = trainer.global_step
         grids = []
         for use_ema in (True, False) if self.compare_raw else (True,):
             generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)

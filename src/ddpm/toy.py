@@ -16,10 +16,10 @@ from typing import Callable
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
+from ddpm.callbacks import PeriodicDrawing, log_image
 from ddpm.errors import ConfigError
 from ddpm.samplers import DDPMSampler
 from ddpm.unet import timestep_embedding
@@ -217,7 +217,7 @@ def recording(denoiser, states: list[Tensor]):
     return model
 
 
-class ToyPlots(L.Callback):
+class ToyPlots(PeriodicDrawing):
     """Every ``every_n_steps`` optimizer steps and at the end of training, draw the 2-D model (EMA
     weights) into ``<run dir>/plots/<name>_step_XXXXXXX.png`` and send each to the logger as ``toy/<name>``:
 
@@ -247,17 +247,16 @@ class ToyPlots(L.Callback):
         field_times: tuple[float, ...] = (1.0, 0.5, 0.25, 0.1, 0.02),
         seed: int = 0,
     ):
-        if every_n_steps < 0 or num_samples < 1 or not 1 <= num_trajectories <= num_samples:
+        super().__init__(every_n_steps)
+        if num_samples < 1 or not 1 <= num_trajectories <= num_samples:
             raise ConfigError(
-                f"every_n_steps={every_n_steps!r}, num_samples={num_samples!r}, num_trajectories={num_trajectories!r}:"
-                " need every_n_steps >= 0 and 1 <= num_trajectories <= num_samples"
+                f"num_samples={num_samples!r}, num_trajectories={num_trajectories!r}:"
+                " need 1 <= num_trajectories <= num_samples"
             )
         if not all(0.0 <= f <= 1.0 for f in field_times):
             raise ConfigError(f"field_times={list(field_times)!r} is not allowed: fractions of T lie in [0, 1]")
-        self.every_n_steps = every_n_steps
         self.num_samples, self.num_trajectories = num_samples, num_trajectories
         self.field_times, self.seed = tuple(field_times), seed
-        self._last_step = -1
         self.last_paths: dict[str, Path] = {}
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -267,21 +266,10 @@ class ToyPlots(L.Callback):
             need = f"a PointDataModule of at least 2 x num_samples={self.num_samples} points"
             raise ConfigError(f"ToyPlots needs {need}, got {have}")
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
-            self.draw(trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.global_step != self._last_step:
-            self.draw(trainer, pl_module)
-
-    @rank_zero_only
     def draw(self, trainer: L.Trainer, pl_module) -> None:
         from ddpm import plots  # matplotlib is imported only when a picture is drawn
-        from ddpm.callbacks import log_image
 
-        self._last_step = step = trainer.global_step
+        step = trainer.global_step
         figures = self.figures(pl_module, trainer.datamodule.points, plots)
         for name, fig in figures.items():
             self.last_paths[name] = path = Path(trainer.default_root_dir) / "plots" / f"{name}_step_{step:07d}.png"
