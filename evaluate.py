@@ -62,13 +62,18 @@ def sample_run(cfg: DictConfig, module, run_dir: Path, device) -> tuple[np.ndarr
     steps = len(sampler.timesteps(module.schedule))
     out_dir = Path(cfg.out_dir or run_dir / "eval" / f"{sampler.name}_{steps}_{cfg.num_samples}")
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ConfigError(f"precision={cfg.precision!r} is not allowed: use fp32 or bf16")
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     start = time.perf_counter()
-    images = generate_images(module, cfg.num_samples, cfg.batch_size, generator, sampler, cfg.progress)
+    with amp:
+        images = generate_images(module, cfg.num_samples, cfg.batch_size, generator, sampler, cfg.progress)
     seconds = time.perf_counter() - start
     save_images_npz(out_dir / "samples.npz", images)
     save_image(image_grid(torch.from_numpy(images[:64]).permute(0, 3, 1, 2).float() / 127.5 - 1), out_dir / "samples.png")
     info = dict(sampler=sampler.name, sampler_config=OmegaConf.to_container(cfg.sampler, resolve=True), steps=steps,
-                seconds=seconds, images_per_second=len(images) / seconds, seed=cfg.seed, num_samples=len(images))
+                seconds=seconds, images_per_second=len(images) / seconds, seed=cfg.seed, num_samples=len(images),
+                precision=cfg.precision, compile=cfg.compile)
     return images, out_dir, info
 
 
@@ -86,6 +91,8 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.ckpt_path:  # 1. sample the run's EMA weights with the chosen sampler
         run_dir, run_cfg, module = load_run(cfg.ckpt_path)
         module.to(device)
+        channels_last = device.type == "cuda" if cfg.channels_last == "auto" else bool(cfg.channels_last)
+        module.speed_up(channels_last=channels_last, compile_mode=cfg.compile or None)
         data_cfg = cfg.get("data") or run_cfg.data
         test_set = held_out_split(instantiate(data_cfg)) if "nll" in metrics else None  # fail before sampling
         result["ckpt_path"] = str(cfg.ckpt_path)

@@ -43,7 +43,7 @@ def test_optimizer_option_instantiates(name, tmp_path):
 def test_model_option_builds_the_whole_module(name, tmp_path):
     from ddpm.module import build_module
 
-    data = {"unet_cifar10": "cifar10", "unet_mnist": "mnist"}.get(name, "digits")
+    data = {"unet_cifar10": "cifar10", "unet_mnist": "mnist", "unet_mnist_cpu": "mnist"}.get(name, "digits")
     cfg = compose_train(f"model={name}", f"data={data}", tmp_path=tmp_path)
     module = build_module(cfg)
     assert module.sample_shape == (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)

@@ -43,6 +43,8 @@ def run(tmp_path_factory):
                                           f"data.root={SHARED_DATA}", f"paths.output_dir={run_dir}"])
     module = build_module(cfg)
     with torch.no_grad():
+        for p in module.ema.module.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # the EMA's zero-initialised output layer would output 0 at any precision
         for p in module.net.parameters():
             p.add_(0.05 * torch.randn_like(p))  # the raw weights move away from the EMA copy
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -125,6 +127,22 @@ def test_nll_of_the_checkpoint_on_test_images_needs_no_inception(run, monkeypatc
     assert result["nll_num_images"] == 3 and np.isfinite(result["nll_bpd"]) and result["nll_bpd"] > 0
     assert result["nll_bpd"] > result["nll_prior_bpd"] + result["nll_decoder_bpd"] - 1e-9
     assert "fid" not in result
+
+
+def test_channels_last_and_bf16_sampling_give_nearly_the_fp32_images(run, standin, tmp_path):
+    run_dir, _ = run
+    common = [f"ckpt_path={run_dir}/checkpoints/last.ckpt", "sampler=ddim", "sampler.steps=3", "num_samples=4",
+              "batch_size=4", "metrics=[fid]", "reference_count=50", f"reference_cache_dir={tmp_path}"]
+    images = {}
+    for name, extra in {"fp32": [], "fast": ["channels_last=true", "precision=bf16"]}.items():
+        result = evaluate_script.evaluate(config(*common, *extra, f"out_dir={tmp_path / name}"))
+        assert result["precision"] == ("bf16" if extra else "fp32")
+        with np.load(tmp_path / name / "samples.npz") as f:
+            images[name] = f["images"].astype(np.float64)
+    diff = np.abs(images["fast"] - images["fp32"])
+    assert 0 < diff.mean() < 4.0  # of 255 levels: bf16 rounding (so autocast was on), but the same images
+    with pytest.raises(ConfigError, match="precision='fp16' is not allowed"):
+        evaluate_script.evaluate(config(*common, "precision=fp16", f"out_dir={tmp_path / 'bad'}"))
 
 
 @pytest.mark.parametrize(

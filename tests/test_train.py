@@ -61,6 +61,15 @@ def test_loss_per_timestep_bucket_grad_norm_and_lr_are_logged(first_run):
     assert {"train/loss", "train/grad_norm", "lr-Adam", "train/loss_t0-1", "train/loss_t18-19"} <= columns
 
 
+def test_throughput_is_logged_per_window(first_run):
+    run_dir, _ = first_run
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("perf/images_per_sec")]
+    # windows of trainer.log_every_n_steps=2 steps after 2 skipped: they end at steps 4 and 6
+    assert [int(r["step"]) for r in rows] == [4, 6]
+    assert all(float(r["perf/images_per_sec"]) > 0 for r in rows)
+
+
 def test_resume_continues_step_ema_and_optimizer(first_run, tmp_path):
     run_dir, _ = first_run
     first = load(run_dir / "checkpoints" / "last.ckpt")
@@ -94,6 +103,9 @@ def test_bad_input_gets_one_clear_line(tmp_path, overrides, message):
     (["loss.prediction_type=score"], "prediction_type='score' is not allowed"),
     (["data=mnist", "data.root=/nonexistent/dir", "model.attn_resolutions=[]"], "/nonexistent/dir"),
     (["data=folder", "data.root=/nonexistent/images", "model.attn_resolutions=[]"], "/nonexistent/images"),
+    (["module.compile=fast"], "compile='fast' is not allowed"),
+    (["module.channels_last=maybe"], "channels_last='maybe' is not allowed"),
+    (["data.on_device=gpu"], "on_device='gpu' is not allowed"),
 ])
 def test_bad_input_raises_a_config_error_naming_the_value(tmp_path, overrides, message):
     from hydra.utils import instantiate
