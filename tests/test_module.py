@@ -101,3 +101,29 @@ def test_sample_is_reproducible_and_uses_ema_weights():
     assert a.shape == (3, 1, 4, 4) and torch.equal(a, b)
     assert not torch.equal(a, raw)  # the EMA copy was never updated, so it differs from the raw net
     assert a.min() >= -1 and a.max() <= 1
+
+
+def test_logged_loss_is_the_mean_over_each_logging_window(tmp_path):
+    import csv
+
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    recorded = []
+
+    class RecordingLoss(SimpleLoss):
+        def __call__(self, *args, **kwargs):
+            per_sample, t = super().__call__(*args, **kwargs)
+            recorded.append(per_sample.detach().clone())
+            return per_sample, t
+
+    module = DiffusionModule(TinyNet(), schedules.linear(num_timesteps=10), RecordingLoss(), DDPMSampler(),
+                             lambda params: torch.optim.Adam(params, lr=1e-2), sample_shape=(1, 4, 4))
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.rand(12, 1, 4, 4)), batch_size=3)
+    trainer = L.Trainer(accelerator="cpu", max_steps=4, log_every_n_steps=2, logger=CSVLogger(tmp_path, name="log"),
+                        enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(module, train_dataloaders=data)
+    with open(next(tmp_path.rglob("metrics.csv"))) as f:
+        logged = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    want = [torch.cat(recorded[0:2]).mean().item(), torch.cat(recorded[2:4]).mean().item()]
+    assert logged == pytest.approx(want, rel=1e-5)

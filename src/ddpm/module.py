@@ -141,13 +141,15 @@ class DiffusionModule(L.LightningModule):
         if x0.ndim == 4:
             x0 = x0.contiguous(memory_format=self.memory_format)
         per_sample, t = self.loss(self.net, self.schedule, x0, self._noise)
-        loss = per_sample.mean()
-        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
-        self._log_loss_per_bucket(per_sample.detach(), t)
-        return loss
+        self._log_losses(per_sample.detach(), t)
+        return per_sample.mean()
 
-    def _log_loss_per_bucket(self, per_sample: Tensor, t: Tensor) -> None:
-        """Log train/loss_t{lo}-{hi}: the mean loss over each range of t since the last log."""
+    def _log_losses(self, per_sample: Tensor, t: Tensor) -> None:
+        """Log train/loss and train/loss_t{lo}-{hi}: means over all ranks and all steps since the last log.
+
+        The sums stay on the device between logging steps and are reduced across ranks only when
+        logged, so the training loop has no per-step collective or host sync.
+        """
         bucket = t * self.loss_buckets // self.schedule.num_timesteps
         self._bucket_sum.index_add_(0, bucket, per_sample)
         self._bucket_count.index_add_(0, bucket, torch.ones_like(per_sample))
@@ -155,6 +157,7 @@ class DiffusionModule(L.LightningModule):
             return
         sums = self.trainer.strategy.reduce(self._bucket_sum.clone(), reduce_op="sum")
         counts = self.trainer.strategy.reduce(self._bucket_count.clone(), reduce_op="sum")
+        self.log("train/loss", sums.sum() / counts.sum().clamp(min=1), prog_bar=True, on_step=True, on_epoch=False)
         means = sums / counts.clamp(min=1)
         width = self.schedule.num_timesteps / self.loss_buckets
         for i in range(self.loss_buckets):
@@ -167,6 +170,18 @@ class DiffusionModule(L.LightningModule):
         if self.trainer._logger_connector.should_update_logs:
             grads = [p.grad for p in self.net.parameters() if p.grad is not None]
             self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))  # before clipping
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip as Lightning would, but let a fused optimizer clip under bf16 or fp32.
+
+        Lightning refuses to clip for optimizers that unscale gradients themselves (fused Adam),
+        which only matters when a GradScaler has scaled them (16-mixed). Without a scaler the
+        gradients are the true ones, so clipping them directly is exact.
+        """
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if not gradient_clip_val or scaler is not None or gradient_clip_algorithm not in (None, "norm"):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), gradient_clip_val)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         # The EMA follows every optimizer step (not every micro-batch under gradient accumulation),
