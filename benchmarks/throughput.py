@@ -311,7 +311,8 @@ def trainer_row(args, arch: dict, device, peak: float, flops: float) -> dict:
     if not rates:
         raise RuntimeError("train.py logged no perf/images_per_sec (too few steps for one window?)")
     ips = statistics.median(rates)
-    return dict(system="ours: python train.py", mode=f"{args.trainer_compile}", params=None, gflop_fwd=flops / 1e9,
+    mode = "eager" if args.trainer_compile.lower() in ("false", "null", "none") else args.trainer_compile
+    return dict(system="ours: python train.py", mode=mode, params=None, gflop_fwd=flops / 1e9,
                 err=None, train_img_s=ips, train_mfu=ips * 3 * flops / peak, peak_mem_gib=None, mem_mib_per_img=None,
                 sample_nfe_s=None, sample_mfu=None, wall_s=wall)
 
@@ -322,12 +323,12 @@ def fmt(v, spec):
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| system | mode | params | GFLOP/img fwd | err vs fp32 | train img/s | train MFU | peak mem GiB "
+    head = ("| system | mode | params (M) | GFLOP/img fwd | err vs fp32 | train img/s | train MFU | peak mem GiB "
             "| MiB/img | sample NFE/s | sample MFU |\n|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         lines.append(
-            f"| {r['system']} | {r['mode']} | {fmt(r['params'] and r['params'] / 1e6, '.2f')}M | "
+            f"| {r['system']} | {r['mode']} | {fmt(r['params'] and r['params'] / 1e6, '.2f')} | "
             f"{fmt(r['gflop_fwd'], '.2f')} | {fmt(r['err'], '.1e')} | {fmt(r['train_img_s'], ',.0f')} | "
             f"{fmt(r['train_mfu'], '.1%')} | {fmt(r['peak_mem_gib'], '.2f')} | {fmt(r['mem_mib_per_img'], '.1f')} | "
             f"{fmt(r['sample_nfe_s'], ',.0f')} | {fmt(r['sample_mfu'], '.1%')} |")
