@@ -192,6 +192,7 @@ def yaml_roots(tmp_path: Path, cifar_root: Path) -> dict:
     save_image(tmp_path / "folder" / "b.jpg", size=(30, 50))
     return {
         "digits": None,
+        "synthetic": None,
         "mnist": SHARED_DATA,
         "fashion_mnist": SHARED_DATA,
         "cifar10": cifar_root,

@@ -16,6 +16,7 @@ MODEL_CONFS = Path(__file__).resolve().parents[1] / "conf" / "model"
 DATA_SHAPES = {
     "unet_cifar10": (1, 3, 32),
     "unet_mnist": (2, 1, 28),
+    "unet_mnist_cpu": (2, 1, 28),
     "unet_small": (2, 1, 8),
     "unet_tiny": (2, 1, 8),
 }
