@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import save_image
 
 from ddpm.callbacks import image_grid
-from ddpm.errors import ConfigError, report_config_errors
+from ddpm.errors import ConfigError, check_choice, report_config_errors
 from ddpm.metrics import (
     FeatureStats, InceptionFeatures, check_metrics, extract_features, generate_images, load_npz, reference_statistics,
     save_images_npz, score_images,
@@ -62,9 +62,8 @@ def sample_run(cfg: DictConfig, module, run_dir: Path, device) -> tuple[np.ndarr
     steps = len(sampler.timesteps(module.schedule))
     out_dir = Path(cfg.out_dir or run_dir / "eval" / f"{sampler.name}_{steps}_{cfg.num_samples}")
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    if cfg.precision not in ("fp32", "bf16"):
-        raise ConfigError(f"precision={cfg.precision!r} is not allowed: use fp32 or bf16")
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    bf16 = check_choice("precision", cfg.precision, ("fp32", "bf16")) == "bf16"
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     start = time.perf_counter()
     with amp:
         images = generate_images(module, cfg.num_samples, cfg.batch_size, generator, sampler, cfg.progress)

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from ddpm.errors import ConfigError, report_config_errors
+from ddpm.errors import check_choice, report_config_errors
 from ddpm.module import build_module
 
 
@@ -46,10 +46,9 @@ def report(run_dir: Path) -> None:
 @report_config_errors
 def main(cfg: DictConfig) -> None:
     L.seed_everything(cfg.seed, workers=True)
-    if cfg.float32_matmul_precision not in ("highest", "high", "medium"):
-        raise ConfigError(f"float32_matmul_precision={cfg.float32_matmul_precision!r} is not allowed: "
-                          "use highest (fp32), high (TF32) or medium (bf16)")
-    torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    # highest: fp32, high: TF32, medium: bf16
+    torch.set_float32_matmul_precision(check_choice("float32_matmul_precision", cfg.float32_matmul_precision,
+                                                    ("highest", "high", "medium")))
     run_dir = Path(cfg.paths.output_dir)
     save_config(cfg, run_dir)
     datamodule = instantiate(cfg.data)

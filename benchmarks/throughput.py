@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import json
 import os
 import platform
@@ -47,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from ddpm import schedules  # noqa: E402
-from ddpm.ema import make_ema  # noqa: E402
+from ddpm.module import DiffusionModule  # noqa: E402
 from ddpm.losses import SimpleLoss  # noqa: E402
 from ddpm.perf import forward_flops, matmul_peak_flops  # noqa: E402
 from ddpm.samplers import DDIMSampler  # noqa: E402
@@ -74,39 +75,34 @@ class System:
 
 # ---- the systems --------------------------------------------------------------------------------
 def build_ours(arch: dict, device, channels_last: bool, compile_mode: str | None, autocast) -> System:
+    """The DiffusionModule train.py builds, with its own speed switches, loss, EMA and denoiser."""
     net = UNet(arch["image_size"], arch["channels"], arch["base"], arch["mult"], arch["blocks"], arch["attn"], 0.1)
-    net.to(device)
-    ema = make_ema(net, 0.9999)
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
-        ema.module.to(memory_format=torch.channels_last)
-    if compile_mode:
-        net.compile(mode=compile_mode)
-        ema.module.compile(mode=compile_mode)
-    schedule = schedules.linear(num_timesteps=1000).to(device)
-    loss_fn = SimpleLoss("epsilon")
-    opt = torch.optim.Adam(net.parameters(), lr=2e-4, fused=True)
+    module = DiffusionModule(
+        net, schedules.linear(num_timesteps=1000), SimpleLoss("epsilon"), DDIMSampler(20),
+        functools.partial(torch.optim.Adam, lr=2e-4, fused=True),  # conf/optimizer/adam.yaml
+        sample_shape=(arch["channels"], arch["image_size"], arch["image_size"]), ema_decay=0.9999,
+        channels_last=channels_last, compile=compile_mode,
+    ).to(device)
+    module.speed_up(channels_last=channels_last, compile_mode=compile_mode)  # what setup() does under the Trainer
+    opt = module.configure_optimizers()["optimizer"]
     noise = torch.Generator(device).manual_seed(0)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
 
-    def train_step(x0):
-        x0 = x0.contiguous(memory_format=fmt)
+    def train_step(x0):  # DiffusionModule.training_step + Lightning's clip + optimizer_step, minus logging
+        x0 = x0.contiguous(memory_format=module.memory_format)
         with autocast():
-            per_sample, _ = loss_fn(net, schedule, x0, noise)
+            per_sample, _ = module.loss(module.net, module.schedule, x0, noise)
         per_sample.mean().backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)  # train.py: trainer.gradient_clip_val=1.0
+        torch.nn.utils.clip_grad_norm_(module.net.parameters(), 1.0)  # train.py: trainer.gradient_clip_val=1.0
         opt.step()
         opt.zero_grad(set_to_none=True)
-        ema.update_parameters(net)
-
-    def denoiser(x_t, t):  # what DiffusionModule.denoiser gives the sampler
-        return loss_fn.prediction.to_x0_eps(schedule, ema.module(x_t, t).float(), x_t, t)
+        module.ema.update_parameters(module.net)
 
     def sample(x_T, steps):
         with torch.inference_mode(), autocast():
-            return DDIMSampler(steps)(denoiser, schedule, x_T.contiguous(memory_format=fmt), noise)
+            x_T = x_T.contiguous(memory_format=module.memory_format)
+            return DDIMSampler(steps)(module.denoiser(use_ema=True), module.schedule, x_T, noise)
 
-    return System("ours", net, train_step, sample, lambda m, x, t: m(x, t), channels_last,
+    return System("ours", module.net, train_step, sample, lambda m, x, t: m(x, t), channels_last,
                   "step incl. clip + EMA")
 
 

@@ -123,7 +123,6 @@ class Throughput(L.Callback):
         self._start: tuple[float, int, int] | None = None  # (time, step, images) at the window start
         self._images = 0
         self.flops_per_image: int | None = None
-        self.history: list[dict] = []  # one entry per window
 
     def on_train_start(self, trainer, pl_module) -> None:
         from ddpm.perf import forward_flops
@@ -150,7 +149,6 @@ class Throughput(L.Callback):
             entry = {"perf/images_per_sec": images / seconds, "perf/steps_per_sec": (step - self._start[1]) / seconds}
             if self.flops_per_image:
                 entry["perf/mfu"] = images * self.flops_per_image / seconds / (self.peak_tflops * 1e12)
-            self.history.append({"step": step, **entry})
             if trainer.is_global_zero:  # straight to the loggers: the window need not end on a logging step
                 for logger in trainer.loggers:
                     logger.log_metrics(entry, step=step)

@@ -22,7 +22,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ddpm.errors import ConfigError
+from ddpm.errors import ConfigError, check_choice
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 
@@ -314,9 +314,8 @@ class ImageDataModule(L.LightningDataModule):
         max_device_bytes: int = 4 * 2**30,
     ):
         super().__init__()
-        if on_device not in (True, False, "auto") or on_device in (0, 1) and not isinstance(on_device, bool):
-            raise ConfigError(f"data.on_device={on_device!r} is not allowed: use true, false or auto")
-        self.on_device, self.max_device_bytes = on_device, max_device_bytes
+        self.on_device = check_choice("data.on_device", on_device, (True, False, "auto"))
+        self.max_device_bytes = max_device_bytes
         self.build_dataset = dataset
         self.image_size, self.channels = image_size, channels
         self.batch_size, self.num_workers, self.hflip = batch_size, num_workers, hflip

@@ -10,6 +10,13 @@ class ConfigError(ValueError):
     """A configuration or input value outside what is allowed; the message names both."""
 
 
+def check_choice(name: str, value, allowed: tuple):
+    """``value`` if it is one of ``allowed`` (booleans never stand in for 0/1), else a ConfigError naming both."""
+    if value not in allowed or (isinstance(value, int) and not isinstance(value, bool)):
+        raise ConfigError(f"{name}={value!r} is not allowed: use one of {', '.join(map(repr, allowed))}")
+    return value
+
+
 def root_config_error(exc: BaseException) -> ConfigError | None:
     """The ConfigError behind ``exc`` (Hydra wraps errors raised while instantiating), if any."""
     while exc is not None:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ddpm.ema import make_ema
-from ddpm.errors import ConfigError
+from ddpm.errors import ConfigError, check_choice
 from ddpm.losses import SimpleLoss
 from ddpm.samplers import DDPMSampler, Denoiser
 from ddpm.schedules import NoiseSchedule
@@ -65,10 +65,10 @@ class DiffusionModule(L.LightningModule):
         self.warmup_steps = warmup_steps
         self.ema = make_ema(net, ema_decay, ema_warmup)
         self.loss_buckets = loss_buckets
-        self.channels_last_option = _check_choice("channels_last", channels_last, (True, False, "auto"))
+        self.channels_last_option = check_choice("channels_last", channels_last, (True, False, "auto"))
         if compile is True:
             compile = "default"
-        self.compile_option = _check_choice("compile", compile or None, (None, "auto", *COMPILE_MODES))
+        self.compile_option = check_choice("compile", compile or None, (None, "auto", *COMPILE_MODES))
         self.memory_format = torch.contiguous_format
         self._sped_up = False
         # Running sums of the loss per range of t between two logging steps (reset after each log).
@@ -199,12 +199,6 @@ class DiffusionModule(L.LightningModule):
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-def _check_choice(name: str, value, allowed: tuple):
-    if value not in allowed or isinstance(value, int) and not isinstance(value, bool):
-        raise ConfigError(f"{name}={value!r} is not allowed: use one of {', '.join(map(repr, allowed))}")
-    return value
 
 
 def build_module(cfg) -> DiffusionModule:
