@@ -16,14 +16,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import save_image
 
-from ddpm.callbacks import image_grid
 from ddpm.errors import ConfigError, check_choice, report_config_errors
-from ddpm.metrics import (
+from ddpm.evaluation.metrics import (
     FeatureStats, InceptionFeatures, check_metrics, extract_features, generate_images, load_npz, reference_statistics,
     save_images_npz, score_images,
 )
-from ddpm.module import build_module
-from ddpm.nll import dataset_bpd, held_out_split
+from ddpm.diffusion.likelihood import dataset_bpd
+from ddpm.plots.grid import image_grid
+from ddpm.runs.build import build_module
+from ddpm.runs.legacy import upgrade_run_config
 
 
 def load_run(ckpt_path: str):
@@ -32,7 +33,7 @@ def load_run(ckpt_path: str):
     run_dir = ckpt.parent.parent
     if not ckpt.is_file() or not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"ckpt_path='{ckpt}' is not a checkpoint in <run>/checkpoints/ with <run>/config.yaml")
-    run_cfg = OmegaConf.load(run_dir / "config.yaml")
+    run_cfg = upgrade_run_config(OmegaConf.load(run_dir / "config.yaml"))
     module = build_module(run_cfg)
     module.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
     return run_dir, run_cfg, module
@@ -93,13 +94,13 @@ def evaluate(cfg: DictConfig) -> dict:
         channels_last = device.type == "cuda" if cfg.channels_last == "auto" else bool(cfg.channels_last)
         module.speed_up(channels_last=channels_last, compile_mode=cfg.compile or None)
         data_cfg = cfg.get("data") or run_cfg.data
-        test_set = held_out_split(instantiate(data_cfg)) if "nll" in metrics else None  # fail before sampling
+        test_set = instantiate(data_cfg).test_dataset() if "nll" in metrics else None  # fail before sampling
         result["ckpt_path"] = str(cfg.ckpt_path)
         if scores:
             images, out_dir, info = sample_run(cfg, module, run_dir, device)
             result.update(info)
         else:
-            out_dir = Path(cfg.out_dir or run_dir / "eval" / f"nll_{cfg.nll.variance}_{cfg.nll.num_images}")
+            out_dir = Path(cfg.out_dir or run_dir / "eval" / f"nll_{module.denoiser().variance}_{cfg.nll.num_images}")
     else:  # 1'. or read samples made elsewhere
         images = load_npz(cfg.samples_path)
         if isinstance(images, FeatureStats):
@@ -115,9 +116,8 @@ def evaluate(cfg: DictConfig) -> dict:
                                    cfg.batch_size, device, cfg.progress))
     if "nll" in metrics:  # 3. the variational bound on test images
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
-        result.update(dataset_bpd(module.denoiser(use_ema=True), module.schedule, test_set, cfg.nll.num_images,
-                                  cfg.nll.batch_size, generator, device, cfg.nll.variance, cfg.nll.clip_denoised,
-                                  cfg.progress))
+        result.update(dataset_bpd(module.denoiser(use_ema=True), test_set, cfg.nll.num_images,
+                                  cfg.nll.batch_size, generator, device, cfg.progress))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     shown = {k: v for k, v in result.items() if k in ("fid", "kid_mean", "is", "nll_bpd", "images_per_second")}

@@ -47,12 +47,13 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from ddpm import schedules  # noqa: E402
-from ddpm.module import DiffusionModule  # noqa: E402
-from ddpm.losses import SimpleLoss  # noqa: E402
-from ddpm.perf import forward_flops, matmul_peak_flops  # noqa: E402
-from ddpm.samplers import DDIMSampler  # noqa: E402
-from ddpm.unet import UNet  # noqa: E402
+from ddpm.diffusion import schedules  # noqa
+from ddpm.diffusion.denoiser import Denoiser  # noqa: E402
+from ddpm.training.module import DiffusionModule  # noqa: E402
+from ddpm.diffusion.losses import SimpleLoss  # noqa: E402
+from ddpm.training.perf import forward_flops, matmul_peak_flops  # noqa: E402
+from ddpm.diffusion.samplers import DDIMSampler  # noqa: E402
+from ddpm.nets.unet import UNet  # noqa: E402
 
 # The DDPM CIFAR-10 network (Ho et al. 2020): conf/model/unet_cifar10.yaml
 FULL = dict(image_size=32, channels=3, base=128, mult=(1, 2, 2, 2), blocks=2, attn=(16,), batch=128)
@@ -78,7 +79,7 @@ def build_ours(arch: dict, device, channels_last: bool, compile_mode: str | None
     """The DiffusionModule train.py builds, with its own speed switches, loss, EMA and denoiser."""
     net = UNet(arch["image_size"], arch["channels"], arch["base"], arch["mult"], arch["blocks"], arch["attn"], 0.1)
     module = DiffusionModule(
-        net, schedules.linear(num_timesteps=1000), SimpleLoss("epsilon"), DDIMSampler(20),
+        net, schedules.linear(num_timesteps=1000), Denoiser, SimpleLoss(), DDIMSampler(20),
         functools.partial(torch.optim.Adam, lr=2e-4, fused=True),  # conf/optimizer/adam.yaml
         sample_shape=(arch["channels"], arch["image_size"], arch["image_size"]), ema_decay=0.9999,
         channels_last=channels_last, compile=compile_mode,
@@ -90,7 +91,7 @@ def build_ours(arch: dict, device, channels_last: bool, compile_mode: str | None
     def train_step(x0):  # DiffusionModule.training_step + Lightning's clip + optimizer_step, minus logging
         x0 = x0.contiguous(memory_format=module.memory_format)
         with autocast():
-            per_sample, _ = module.loss(module.net, module.schedule, x0, noise)
+            per_sample, _ = module.loss(module.denoiser(use_ema=False), x0, noise)
         per_sample.mean().backward()
         torch.nn.utils.clip_grad_norm_(module.net.parameters(), 1.0)  # train.py: trainer.gradient_clip_val=1.0
         opt.step()

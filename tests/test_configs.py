@@ -41,7 +41,7 @@ def test_optimizer_option_instantiates(name, tmp_path):
 
 @pytest.mark.parametrize("name", [n for n in options("model") if n != "mlp"])
 def test_model_option_builds_the_whole_module(name, tmp_path):
-    from ddpm.module import build_module
+    from ddpm.runs.build import build_module
 
     data = {"unet_cifar10": "cifar10", "unet_mnist": "mnist", "unet_mnist_cpu": "mnist"}.get(name, "digits")
     cfg = compose_train(f"model={name}", f"data={data}", tmp_path=tmp_path)
@@ -79,7 +79,7 @@ def test_data_option_instantiates(name, tmp_path):
 
 @pytest.mark.parametrize("name", options("experiment"))
 def test_experiment_composes_and_builds_its_module(name, tmp_path):
-    from ddpm.module import build_module
+    from ddpm.runs.build import build_module
 
     cfg = compose_train(f"experiment={name}", tmp_path=tmp_path)
     assert build_module(cfg) is not None
@@ -90,7 +90,7 @@ def test_cifar10_experiment_is_the_paper_recipe(tmp_path):
     assert (cfg.data.batch_size, cfg.data.hflip, cfg.optimizer.lr, cfg.module.warmup_steps) == (128, True, 2e-4, 5000)
     assert (cfg.trainer.gradient_clip_val, cfg.model.dropout, cfg.module.ema_decay) == (1.0, 0.1, 0.9999)
     assert (cfg.schedule._target_, cfg.schedule.num_timesteps, cfg.schedule.beta_start, cfg.schedule.beta_end) == (
-        "ddpm.schedules.linear", 1000, 1e-4, 0.02)
-    assert cfg.trainer.max_steps == 800_000 and cfg.loss.prediction_type == "epsilon"
+        "ddpm.diffusion.schedules.linear", 1000, 1e-4, 0.02)
+    assert cfg.trainer.max_steps == 800_000 and cfg.denoiser.prediction_type == "epsilon"
     assert (cfg.model.base_channels, list(cfg.model.channel_mult), cfg.model.num_res_blocks, list(cfg.model.attn_resolutions)) == (
         128, [1, 2, 2, 2], 2, [16])

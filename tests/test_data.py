@@ -12,9 +12,9 @@ import torchvision
 from omegaconf import OmegaConf
 from PIL import Image
 
-from ddpm.data import (
+from ddpm.data.datamodule import ImageDataModule
+from ddpm.data.images import (
     DataError,
-    ImageDataModule,
     ImageFolderDataset,
     RandomHFlip,
     TensorImageDataset,
@@ -201,7 +201,7 @@ def yaml_roots(tmp_path: Path, cifar_root: Path) -> dict:
 
 
 IMAGE_DATA_YAMLS = sorted(  # the 2-D point sets (ddpm.toy) are tested in test_toy.py
-    p.stem for p in (REPO / "conf" / "data").glob("*.yaml") if "ddpm.data.ImageDataModule" in p.read_text()
+    p.stem for p in (REPO / "conf" / "data").glob("*.yaml") if "ddpm.data.datamodule.ImageDataModule" in p.read_text()
 )
 
 
@@ -218,3 +218,13 @@ def test_every_data_yaml_instantiates_and_yields_a_batch_of_declared_shape(name,
     images, labels = next(iter(dm.train_dataloader()))
     assert_images(images, (dm.channels, dm.image_size, dm.image_size))
     assert images.shape[0] == 2 and labels.shape == (2,)
+
+
+def test_a_dataset_without_a_test_split_says_so_by_name():
+    with pytest.raises(DataError, match="data 'digits' has no test split"):
+        ImageDataModule(digits, 8, 1).test_dataset()
+
+
+@needs_shared
+def test_the_test_split_of_mnist_is_its_10000_held_out_images():
+    assert len(ImageDataModule(mnist, 28, 1, root=str(SHARED_DATA)).test_dataset()) == 10_000

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from ddpm import schedules
-from ddpm.losses import SimpleLoss
-from ddpm.predictions import PREDICTIONS, get_prediction
+from ddpm.diffusion import schedules
+from ddpm.diffusion.denoiser import Denoiser
+from ddpm.diffusion.losses import SimpleLoss
+from ddpm.diffusion.parameterization import PREDICTIONS, get_prediction
 from ddpm.errors import ConfigError
 
 
@@ -76,37 +77,45 @@ class OracleNet(torch.nn.Module):
 @pytest.mark.parametrize("name", sorted(PREDICTIONS))
 def test_loss_is_zero_when_the_network_returns_the_true_target(sched, name):
     x0 = torch.full((16, 1, 2, 2), 0.25)
-    loss = SimpleLoss(name, min_snr_gamma=5.0)
-    per_sample, t = loss(OracleNet(sched, x0[:1], get_prediction(name)), sched, x0, torch.Generator().manual_seed(0))
+    denoiser = Denoiser(OracleNet(sched, x0[:1], get_prediction(name)), sched, prediction_type=name)
+    per_sample, t = SimpleLoss(min_snr_gamma=5.0)(denoiser, x0, torch.Generator().manual_seed(0))
     assert per_sample.shape == (16,) and t.shape == (16,)
     assert per_sample.max().item() < 1e-6
 
 
+class ZeroNet(torch.nn.Module):
+    def forward(self, x_t, t):
+        return torch.zeros_like(x_t)
+
+
 def test_loss_of_a_zero_network_on_eps_is_the_noise_variance(sched):
-    zero = lambda x_t, t: torch.zeros_like(x_t)  # noqa: E731
-    per_sample, _ = SimpleLoss("epsilon")(zero, sched, torch.zeros(256, 1, 8, 8), torch.Generator().manual_seed(0))
+    zero = Denoiser(ZeroNet(), sched, prediction_type="epsilon")
+    per_sample, _ = SimpleLoss()(zero, torch.zeros(256, 1, 8, 8), torch.Generator().manual_seed(0))
     assert per_sample.mean().item() == pytest.approx(1.0, rel=0.02)
 
 
 def test_min_snr_weight_for_eps_is_min_snr_gamma_over_snr(sched):
-    zero = lambda x_t, t: torch.zeros_like(x_t)  # noqa: E731
+    zero = Denoiser(ZeroNet(), sched, prediction_type="epsilon")
     x0 = torch.zeros(64, 1, 4, 4)
-    plain, t = SimpleLoss("epsilon")(zero, sched, x0, torch.Generator().manual_seed(3))
-    weighted, t2 = SimpleLoss("epsilon", min_snr_gamma=5.0)(zero, sched, x0, torch.Generator().manual_seed(3))
+    plain, t = SimpleLoss()(zero, x0, torch.Generator().manual_seed(3))
+    weighted, t2 = SimpleLoss(min_snr_gamma=5.0)(zero, x0, torch.Generator().manual_seed(3))
     snr = sched.snr[t]
     assert torch.equal(t, t2)
     assert torch.allclose(weighted, plain * torch.clamp(snr, max=5.0) / snr)
 
 
 def test_loss_stays_float32_under_bf16_autocast(sched):
-    conv = torch.nn.Conv2d(1, 1, 1)
-    net = lambda x_t, t: conv(x_t)  # noqa: E731
+    class Conv(torch.nn.Conv2d):
+        def forward(self, x_t, t):
+            return super().forward(x_t)
+
+    net = Conv(1, 1, 1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert net(torch.zeros(1, 1, 4, 4), None).dtype == torch.bfloat16  # the network does run in bf16
-        per_sample, _ = SimpleLoss("epsilon")(net, sched, torch.zeros(4, 1, 4, 4))
+        per_sample, _ = SimpleLoss()(Denoiser(net, sched), torch.zeros(4, 1, 4, 4))
     assert per_sample.dtype == torch.float32
 
 
 def test_unknown_prediction_type_is_named():
     with pytest.raises(ConfigError, match="prediction_type='score'"):
-        SimpleLoss("score")
+        Denoiser(ZeroNet(), schedules.linear(num_timesteps=10), prediction_type="score")

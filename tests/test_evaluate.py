@@ -16,9 +16,9 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, SHARED_DATA
 from ddpm.errors import ConfigError
-from ddpm.metrics import FeatureStats, generate_images, to_uint8
-from ddpm.module import build_module
-from ddpm.samplers import DDIMSampler
+from ddpm.evaluation.metrics import FeatureStats, generate_images, to_uint8
+from ddpm.runs.build import build_module
+from ddpm.diffusion.samplers import DDIMSampler
 from test_metrics import StandIn
 
 spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "evaluate.py")

@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers.logger import Logger
 
-from ddpm.data import ImageDataModule, digits, mnist
+from ddpm.data.datamodule import ImageDataModule
+from ddpm.data.images import digits, mnist
 from ddpm.errors import ConfigError
-from ddpm.fid import FIDCallback, fid_name, lightning_shard
-from ddpm.metrics import (
+from ddpm.training.callbacks.fid import FIDCallback, fid_name, lightning_shard
+from ddpm.evaluation.metrics import (
     INCEPTION_FILE, FeatureStats, InceptionFeatures, Shard, check_images, dataset_key, extract_features,
     frechet_distance, generate_images, inception_score, inception_weights_path, kernel_inception_distance, load_npz,
     reference_statistics, save_images_npz, score_images, to_uint8,
@@ -202,7 +203,7 @@ def test_reference_statistics_are_cached_under_a_key_and_reused(tmp_path):
 def test_dataset_key_names_folders_by_their_root(tmp_path):
     from functools import partial
 
-    from ddpm.data import image_folder
+    from ddpm.data.images import image_folder
 
     folder = ImageDataModule(partial(image_folder, image_size=16), image_size=16, channels=3, root=str(tmp_path / "faces"))
     key = dataset_key(folder, 500)
@@ -343,8 +344,8 @@ def test_fid_callback_logs_one_number_equal_to_an_independent_computation(tmp_pa
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from ddpm.module import build_module
-    from ddpm.samplers import DDIMSampler
+    from ddpm.runs.build import build_module
+    from ddpm.diffusion.samplers import DDIMSampler
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):

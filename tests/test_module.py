@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from ddpm import schedules
-from ddpm.ema import make_ema
-from ddpm.losses import SimpleLoss
-from ddpm.module import DiffusionModule
-from ddpm.samplers import DDPMSampler
+from ddpm.diffusion import schedules
+from ddpm.training.ema import make_ema
+from ddpm.diffusion.denoiser import Denoiser
+from ddpm.diffusion.losses import SimpleLoss
+from ddpm.training.module import DiffusionModule
+from ddpm.diffusion.samplers import DDPMSampler
 
 
 class TinyNet(nn.Module):
@@ -25,7 +26,7 @@ class TinyNet(nn.Module):
 
 def make_module(**kwargs):
     return DiffusionModule(
-        TinyNet(), schedules.linear(num_timesteps=10), SimpleLoss(), DDPMSampler(),
+        TinyNet(), schedules.linear(num_timesteps=10), Denoiser, SimpleLoss(), DDPMSampler(),
         lambda params: torch.optim.Adam(params, lr=1e-2), sample_shape=(1, 4, 4), **kwargs,
     )
 
@@ -117,7 +118,7 @@ def test_logged_loss_is_the_mean_over_each_logging_window(tmp_path):
             recorded.append(per_sample.detach().clone())
             return per_sample, t
 
-    module = DiffusionModule(TinyNet(), schedules.linear(num_timesteps=10), RecordingLoss(), DDPMSampler(),
+    module = DiffusionModule(TinyNet(), schedules.linear(num_timesteps=10), Denoiser, RecordingLoss(), DDPMSampler(),
                              lambda params: torch.optim.Adam(params, lr=1e-2), sample_shape=(1, 4, 4))
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.rand(12, 1, 4, 4)), batch_size=3)
     trainer = L.Trainer(accelerator="cpu", max_steps=4, log_every_n_steps=2, logger=CSVLogger(tmp_path, name="log"),

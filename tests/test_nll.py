@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from ddpm import schedules
-from ddpm.nll import discretized_gaussian_log_likelihood, nll_bpd, normal_kl, prior_bpd, vb_term_bpd
-from test_samplers import gaussian_denoiser, point_denoiser
+from ddpm.diffusion import schedules
+from ddpm.diffusion.likelihood import discretized_gaussian_log_likelihood, nll_bpd, normal_kl, prior_bpd, vb_term_bpd
+from oracles import gaussian_denoiser, point_denoiser
 
 LN2 = math.log(2.0)
 
@@ -76,7 +76,8 @@ def test_bound_on_a_single_data_point_fitted_exactly_is_the_analytic_value(varia
         kl = (0.5 * (-r.log() + r - 1)).sum().item() / LN2
     expected = prior + decoder + kl
 
-    out = nll_bpd(point_denoiser(sched, x0), sched, x0.expand(3, -1, -1, -1), torch.Generator().manual_seed(0), variance)
+    denoiser = point_denoiser(sched, x0, variance=variance)
+    out = nll_bpd(denoiser, x0.expand(3, -1, -1, -1), torch.Generator().manual_seed(0))
     assert torch.allclose(out["total"], torch.full((3,), expected, dtype=torch.float64), rtol=1e-4)
     assert out["decoder"][0].item() == pytest.approx(decoder, rel=1e-4)
     assert out["prior"][0].item() == pytest.approx(prior, rel=1e-3)
@@ -92,23 +93,12 @@ def test_kl_terms_for_gaussian_data_with_the_exact_denoiser_match_their_expectat
     mu, std = 0.3, 0.5
     g = torch.Generator().manual_seed(0)
     x0 = mu + std * torch.randn(2000, 16, generator=g)  # 32,000 draws of a chi-square(1): 0.8% error
-    model = gaussian_denoiser(sched, mu, std)
+    model = gaussian_denoiser(sched, mu, std, variance="fixed_small", clip_denoised=False)
     for t_int in (1, 10, 300, 900):
         ab, ab_prev, b = abar[t_int].item(), abar[t_int - 1].item(), betas[t_int].item()
         coef1, beta_tilde = b * math.sqrt(ab_prev) / (1 - ab), b * (1 - ab_prev) / (1 - ab)
         post_var = std**2 * (1 - ab) / (ab * std**2 + 1 - ab)
         expected = 0.5 * coef1**2 * post_var / beta_tilde / LN2
         t = torch.full((2000,), t_int)
-        got = vb_term_bpd(model, sched, x0, t, torch.randn(x0.shape, generator=g), "fixed_small", clip_denoised=False)
+        got = vb_term_bpd(model, x0, t, torch.randn(x0.shape, generator=g))
         assert got.mean().item() == pytest.approx(expected, rel=0.04), t_int
-
-
-def test_the_bound_uses_a_test_split_and_names_datasets_without_one():
-    from ddpm.data import ImageDataModule, digits, mnist
-    from ddpm.errors import ConfigError
-    from ddpm.nll import held_out_split
-    from conftest import SHARED_DATA
-
-    assert len(held_out_split(ImageDataModule(mnist, 28, 1, root=str(SHARED_DATA)))) == 10_000
-    with pytest.raises(ConfigError, match="'digits'"):
-        held_out_split(ImageDataModule(digits, 8, 1))

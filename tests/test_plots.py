@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, SHARED_DATA
-from ddpm import plots, schedules
+from ddpm.diffusion import schedules
+from ddpm.plots import schedules as plots
 
 
 def test_schedule_curves_are_the_schedule_buffers():

@@ -13,10 +13,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from ddpm import schedules
+from ddpm.diffusion import schedules
 from ddpm.errors import ConfigError
-from ddpm.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler, step_pairs, timestep_sequence
-from test_samplers import gaussian_denoiser, point_denoiser
+from ddpm.diffusion.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler, step_pairs, timestep_sequence
+from oracles import gaussian_denoiser, point_denoiser
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 MU, STD = 0.3, 0.5
@@ -102,10 +102,10 @@ def test_bad_sampler_options_are_named(make, match):
 @pytest.mark.parametrize("clip", [False, True])
 def test_ddim_over_all_steps_with_eta_1_is_ddpm_fixed_small(sched, clip):
     # sigma_t(eta=1) with t' = t-1 is sqrt(beta~_t), and both draw one z per step in the same order.
-    model = gaussian_denoiser(sched, MU, 1.0)  # wide enough that clipping x0 to [-1, 1] matters
+    model = gaussian_denoiser(sched, MU, 1.0, clip_denoised=clip)  # wide enough that clipping x0 to [-1, 1] matters
     x_T = torch.randn(64, 1, 2, 2, generator=torch.Generator().manual_seed(0))
-    ddpm = DDPMSampler("fixed_small", clip_denoised=clip)(model, sched, x_T, torch.Generator().manual_seed(1))
-    ddim = DDIMSampler(steps=1000, eta=1.0, clip_denoised=clip)(model, sched, x_T, torch.Generator().manual_seed(1))
+    ddpm = DDPMSampler()(model, sched, x_T, torch.Generator().manual_seed(1))
+    ddim = DDIMSampler(steps=1000, eta=1.0)(model, sched, x_T, torch.Generator().manual_seed(1))
     assert torch.allclose(ddim, ddpm, atol=1e-4)
 
 
@@ -132,9 +132,9 @@ def test_ddim_eta_1_is_reproducible_from_a_seed(sched):
 @pytest.mark.parametrize(
     "sampler",
     [
-        DDIMSampler(200, eta=0.0, spacing="quadratic", clip_denoised=False),
-        DDIMSampler(200, eta=1.0, spacing="quadratic", clip_denoised=False),
-        DPMSolverSampler(20, clip_denoised=False),
+        DDIMSampler(200, eta=0.0, spacing="quadratic"),
+        DDIMSampler(200, eta=1.0, spacing="quadratic"),
+        DPMSolverSampler(20),
     ],
     ids=["ddim200-eta0", "ddim200-eta1", "dpm_solver20"],
 )
@@ -143,7 +143,7 @@ def test_each_sampler_reproduces_a_gaussian_data_distribution(sched, sampler):
     # hence 200 steps here; the second-order solver gets there in 20.
     g = torch.Generator().manual_seed(0)
     x_T = torch.randn(8000, 1, generator=g)
-    out = sampler(gaussian_denoiser(sched, MU, STD), sched, x_T, g)
+    out = sampler(gaussian_denoiser(sched, MU, STD, clip_denoised=False), sched, x_T, g)
     # 8000 draws: standard errors 0.0056 (mean) and 0.8% (std)
     assert out.mean().item() == pytest.approx(MU, abs=0.02)
     assert out.std().item() == pytest.approx(STD, rel=0.035)
@@ -159,13 +159,13 @@ def test_each_sampler_returns_the_single_data_point(sampler):
 
 
 def test_dpm_solver_at_20_steps_lands_on_the_1000_step_answer(sched):
-    model = gaussian_denoiser(sched, MU, STD)
+    model = gaussian_denoiser(sched, MU, STD, clip_denoised=False)
     x_T = torch.randn(2000, 1, generator=torch.Generator().manual_seed(0))
     exact = flow_map(sched, x_T)
-    ode_1000 = DDIMSampler(1000, eta=0.0, clip_denoised=False)(model, sched, x_T)
-    ddpm_1000 = DDPMSampler(clip_denoised=False)(model, sched, x_T, torch.Generator().manual_seed(1))
-    fast = DPMSolverSampler(20, clip_denoised=False)(model, sched, x_T)
-    ddim_20 = DDIMSampler(20, eta=0.0, clip_denoised=False)(model, sched, x_T)
+    ode_1000 = DDIMSampler(1000, eta=0.0)(model, sched, x_T)
+    ddpm_1000 = DDPMSampler()(model, sched, x_T, torch.Generator().manual_seed(1))
+    fast = DPMSolverSampler(20)(model, sched, x_T)
+    ddim_20 = DDIMSampler(20, eta=0.0)(model, sched, x_T)
 
     assert (ode_1000.double() - exact).abs().max() < 0.01  # the 1000-step ODE answer is the flow map
     assert (fast - ode_1000).abs().max() < 0.05  # path by path, 20 steps against 1000
@@ -194,7 +194,7 @@ def test_sampler_config_files_compose_and_instantiate(choice, overrides, cls, st
 
 
 def test_every_sampler_runs_on_a_network_through_the_module_sample_path():
-    from ddpm.module import build_module
+    from ddpm.runs.build import build_module
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=["model=unet_tiny", "schedule.num_timesteps=20"])

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from ddpm import schedules
+from ddpm.diffusion import schedules
 from ddpm.errors import ConfigError
-from ddpm.schedules import NoiseSchedule, ScheduleError
+from ddpm.diffusion.schedules import NoiseSchedule, ScheduleError
 
 
 def test_linear_betas_are_evenly_spaced_between_the_ends():

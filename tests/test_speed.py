@@ -11,14 +11,17 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from conftest import ROOT
-from ddpm import schedules
-from ddpm.data import DeviceBatches, ImageDataModule, TensorImageDataset, digits
-from ddpm.ema import ema_decay_fn, make_ema
-from ddpm.losses import SimpleLoss
-from ddpm.module import DiffusionModule
-from ddpm.perf import forward_flops
-from ddpm.samplers import DDIMSampler
-from ddpm.unet import UNet
+from ddpm.diffusion import schedules
+from ddpm.data.datamodule import ImageDataModule
+from ddpm.data.device_batches import DeviceBatches
+from ddpm.data.images import TensorImageDataset, digits
+from ddpm.training.ema import ema_decay_fn, make_ema
+from ddpm.diffusion.denoiser import Denoiser
+from ddpm.diffusion.losses import SimpleLoss
+from ddpm.training.module import DiffusionModule
+from ddpm.training.perf import forward_flops
+from ddpm.diffusion.samplers import DDIMSampler
+from ddpm.nets.unet import UNet
 
 
 def small_unet(**kwargs):
@@ -97,7 +100,7 @@ def test_compiled_network_matches_eager_and_keeps_its_state_dict_names():
 
 
 def test_module_speed_up_switches_layout_and_keeps_parameter_names():
-    module = DiffusionModule(small_unet(), schedules.linear(num_timesteps=10), SimpleLoss(), DDIMSampler(2),
+    module = DiffusionModule(small_unet(), schedules.linear(num_timesteps=10), Denoiser, SimpleLoss(), DDIMSampler(2),
                              lambda p: torch.optim.Adam(p), sample_shape=(3, 8, 8), channels_last=True, compile=None)
     names = list(module.state_dict())
     module.speed_up(channels_last=True)
@@ -170,7 +173,7 @@ def test_datamodule_serves_in_memory_data_from_the_device_and_folders_through_a_
         Image.new("L", (8, 8), color=i * 40).save(tmp_path / f"{i}.png")
     from functools import partial
 
-    from ddpm.data import DataError, image_folder
+    from ddpm.data.images import DataError, image_folder
 
     folder = partial(image_folder, str(tmp_path), 8, 1)
     assert not isinstance(ImageDataModule(folder, 8, 1, 2).train_dataloader(), DeviceBatches)
@@ -238,7 +241,7 @@ def test_bf16_mixed_with_fused_adam_clips_gradients(tmp_path):
         optimizers.append(RecordingAdam(params, lr=1e-3))
         return optimizers[-1]
 
-    module = DiffusionModule(small_unet().train(), schedules.linear(num_timesteps=10), SimpleLoss(), DDIMSampler(2),
+    module = DiffusionModule(small_unet().train(), schedules.linear(num_timesteps=10), Denoiser, SimpleLoss(), DDIMSampler(2),
                              make_optimizer, sample_shape=(3, 8, 8), ema_decay=0.9)
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.rand(12, 3, 8, 8) * 2 - 1), batch_size=4)
     trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", gradient_clip_val=1e-3, max_steps=3, logger=False,

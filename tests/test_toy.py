@@ -6,16 +6,19 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import run_script
-from ddpm import toy
+from ddpm.data.points import PointDataModule, gaussians8, moons, spiral, swiss_roll
+from ddpm.evaluation.point_distances import mmd, nn_distance
+from ddpm.nets.mlp import MLPDenoiser
+from ddpm.training.callbacks.toy_plots import ToyPlots, with_noise_scale
 from ddpm.errors import ConfigError
-from ddpm.module import build_module
+from ddpm.runs.build import build_module
 
-DATASETS = [toy.spiral, toy.moons, toy.swiss_roll, toy.gaussians8]
+DATASETS = [spiral, moons, swiss_roll, gaussians8]
 N = 2000  # points per compared set
 
 
 def nn_and_mmd(x, y):
-    return toy.nn_distance(x, y), toy.mmd(x, y)
+    return nn_distance(x, y), mmd(x, y)
 
 
 # ---- datasets, network and distances --------------------------------------------------------------
@@ -32,33 +35,33 @@ def test_dataset_is_seeded_2d_and_inside_the_sampler_range(make):
 
 
 def test_datamodule_yields_batches_of_points_from_its_seed():
-    dm = toy.PointDataModule(toy.spiral, num_points=1000, seed=1, batch_size=100)
+    dm = PointDataModule(spiral, num_points=1000, seed=1, batch_size=100)
     dm.setup("fit")
     batches = list(dm.train_dataloader())
     assert len(batches) == 10 and all(b[0].shape == (100, 2) for b in batches)
-    assert torch.equal(dm.points, toy.spiral(1000, torch.Generator().manual_seed(1)))
+    assert torch.equal(dm.points, spiral(1000, torch.Generator().manual_seed(1)))
     with pytest.raises(ConfigError, match="batch_size"):
-        toy.PointDataModule(toy.spiral, num_points=10, batch_size=100)
+        PointDataModule(spiral, num_points=10, batch_size=100)
 
 
 def test_mlp_maps_points_and_timesteps_to_points():
-    net = toy.MLPDenoiser(dim=2, hidden=32, layers=2, time_embed_dim=16)
+    net = MLPDenoiser(dim=2, hidden=32, layers=2, time_embed_dim=16)
     x, t = torch.randn(7, 2), torch.randint(0, 1000, (7,))
     out = net(x, t)
     assert out.shape == (7, 2) and torch.isfinite(out).all()
     assert not torch.allclose(net(x, t), net(x, t + 100))  # depends on t
-    raw = toy.MLPDenoiser(hidden=32, coord_embed_dim=0)  # raw coordinates in
+    raw = MLPDenoiser(hidden=32, coord_embed_dim=0)  # raw coordinates in
     assert raw(x, t).shape == (7, 2)
 
 
 def test_distances_are_zero_for_a_set_and_itself_and_grow_with_a_shift():
-    x = toy.spiral(500, torch.Generator().manual_seed(0))
-    assert toy.nn_distance(x, x) == 0 and toy.mmd(x, x) == pytest.approx(0, abs=1e-6)
+    x = spiral(500, torch.Generator().manual_seed(0))
+    assert nn_distance(x, x) == 0 and mmd(x, x) == pytest.approx(0, abs=1e-6)
     # The nearest neighbour of every shifted point is at most the shift away, and a shift of the
     # whole set by far more than its size is seen in full.
-    assert 0 < toy.nn_distance(x + 0.05, x) <= 0.05 * 2**0.5 + 1e-6
-    assert toy.nn_distance(x + torch.tensor([10.0, 0.0]), x) > 8
-    assert toy.mmd(x + 0.5, x) > toy.mmd(x + 0.05, x) > 0
+    assert 0 < nn_distance(x + 0.05, x) <= 0.05 * 2**0.5 + 1e-6
+    assert nn_distance(x + torch.tensor([10.0, 0.0]), x) > 8
+    assert mmd(x + 0.5, x) > mmd(x + 0.05, x) > 0
 
 
 # ---- a model trained by the real train.py ---------------------------------------------------------
@@ -89,12 +92,12 @@ def trained(tmp_path_factory):
 def references():
     """Distances (nearest-neighbour, MMD) to N fresh spiral points of another draw and of N(0, I)."""
     g = torch.Generator().manual_seed(123)  # not the training seed: the model must generalise
-    data, other = toy.spiral(2 * N, g).split(N)
+    data, other = spiral(2 * N, g).split(N)
     return data, {"data": nn_and_mmd(other, data), "noise": nn_and_mmd(torch.randn(N, 2, generator=g), data)}
 
 
 def samples(module, noise_scale: float):
-    sampler = toy.with_noise_scale(module.sampler, noise_scale)
+    sampler = with_noise_scale(module.sampler, noise_scale)
     return module.sample(N, torch.Generator().manual_seed(0), sampler=sampler)
 
 
@@ -123,22 +126,22 @@ def test_sampling_without_noise_collapses_to_one_point(trained, references):
     data, ref = references
     normal, quiet = samples(module, 1.0), samples(module, 0.0)
     spread = {name: x.std(dim=0).norm().item() for name, x in (("normal", normal), ("quiet", quiet), ("data", data))}
-    print(f"\nspread {spread}; nn distance: quiet {toy.nn_distance(quiet, data):.4f}")
+    print(f"\nspread {spread}; nn distance: quiet {nn_distance(quiet, data):.4f}")
     assert spread["quiet"] < 0.1 * spread["normal"] and spread["normal"] > 0.8 * spread["data"]
     # At large t the posterior mean is the data average, so every sample merges there; for the
     # spiral that point lies on the data (its centre) and the last steps leave it there.
     assert (quiet.mean(dim=0) - data.mean(dim=0)).norm() < 0.1
     # As far from the data as pure noise, by both distances.
-    assert toy.nn_distance(quiet, data) > 0.5 * ref["noise"][0] > 5 * toy.nn_distance(normal, data)
-    assert toy.mmd(quiet, data) > 0.5 * ref["noise"][1] > 5 * toy.mmd(normal, data)
+    assert nn_distance(quiet, data) > 0.5 * ref["noise"][0] > 5 * nn_distance(normal, data)
+    assert mmd(quiet, data) > 0.5 * ref["noise"][1] > 5 * mmd(normal, data)
 
 
 def test_toy_plots_draws_the_four_figures_from_a_module(trained, tmp_path):
-    from ddpm import plots
+    from ddpm.plots import schedules as plots
 
     _, module = trained
-    points = toy.spiral(400, torch.Generator().manual_seed(0))
-    figures = toy.ToyPlots(num_samples=200, num_trajectories=3).figures(module, points, plots)
+    points = spiral(400, torch.Generator().manual_seed(0))
+    figures = ToyPlots(num_samples=200, num_trajectories=3).figures(module, points, plots)
     assert sorted(figures) == ["field", "noise_free", "samples", "trajectories"]
     image = plots.save_figure(figures["field"], tmp_path / "field.png")
     assert image.ndim == 3 and image.shape[0] == 3 and 0 <= image.min() and image.max() <= 1
@@ -147,6 +150,6 @@ def test_toy_plots_draws_the_four_figures_from_a_module(trained, tmp_path):
 
 def test_toy_plots_rejects_bad_arguments():
     with pytest.raises(ConfigError, match="num_trajectories"):
-        toy.ToyPlots(num_samples=5, num_trajectories=10)
+        ToyPlots(num_samples=5, num_trajectories=10)
     with pytest.raises(ConfigError, match="field_times"):
-        toy.ToyPlots(field_times=(1.5,))
+        ToyPlots(field_times=(1.5,))

@@ -101,7 +101,7 @@ def test_bad_input_gets_one_clear_line(tmp_path, overrides, message):
 @pytest.mark.parametrize("overrides, message", [
     (["schedule.num_timesteps=0"], "num_timesteps=0 is not allowed"),
     (["data.image_size=7"], "image_size=7 cannot be downsampled"),
-    (["loss.prediction_type=score"], "prediction_type='score' is not allowed"),
+    (["denoiser.prediction_type=score"], "prediction_type='score' is not allowed"),
     (["data=mnist", "data.root=/nonexistent/dir", "model.attn_resolutions=[]"], "/nonexistent/dir"),
     (["data=folder", "data.root=/nonexistent/images", "model.attn_resolutions=[]"], "/nonexistent/images"),
     (["module.compile=fast"], "compile='fast' is not allowed"),
@@ -112,7 +112,7 @@ def test_bad_input_raises_a_config_error_naming_the_value(tmp_path, overrides, m
     from hydra.utils import instantiate
 
     from ddpm.errors import root_config_error
-    from ddpm.module import build_module
+    from ddpm.runs.build import build_module
     from test_configs import compose_train
 
     cfg = compose_train(*overrides, tmp_path=tmp_path)
@@ -126,7 +126,7 @@ def test_bad_input_raises_a_config_error_naming_the_value(tmp_path, overrides, m
 def test_empty_image_folder_is_named(tmp_path):
     from hydra.utils import instantiate
 
-    from ddpm.data import DataError
+    from ddpm.data.images import DataError
     from test_configs import compose_train
 
     (tmp_path / "empty").mkdir()
@@ -146,7 +146,7 @@ def test_wandb_is_not_imported_unless_chosen(first_run):
     import subprocess
     import sys
 
-    code = "import sys, runpy; sys.argv=['train.py','--cfg','job']; import lightning.pytorch, ddpm.module; print('wandb' in sys.modules)"
+    code = "import sys, runpy; sys.argv=['train.py','--cfg','job']; import lightning.pytorch, ddpm.runs.train; print('wandb' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
     assert out.strip().endswith("False")
 

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from ddpm.errors import ConfigError
-from ddpm.unet import AttnBlock, UNet
+from ddpm.nets.unet import AttnBlock, UNet
 
 MODEL_CONFS = Path(__file__).resolve().parents[1] / "conf" / "model"
 # (batch, channels, image_size) fed to each model config in the shape test.
@@ -25,7 +25,7 @@ DATA_SHAPES = {
 def build(name: str, channels: int = 1, image_size: int = 8, **overrides) -> UNet:
     """Instantiate conf/model/<name>.yaml by hand, substituting the ${data.*} interpolations."""
     conf = yaml.safe_load((MODEL_CONFS / f"{name}.yaml").read_text())
-    assert conf.pop("_target_") == "ddpm.unet.UNet"
+    assert conf.pop("_target_") == "ddpm.nets.unet.UNet"
     conf.update(image_size=image_size, in_channels=channels, **overrides)
     return UNet(**conf)
 
@@ -47,7 +47,7 @@ def tiny() -> UNet:
 
 
 @pytest.mark.parametrize(  # the MLP (conf/model/mlp.yaml) is tested in test_toy.py
-    "name", sorted(p.stem for p in MODEL_CONFS.glob("*.yaml") if "ddpm.unet.UNet" in p.read_text())
+    "name", sorted(p.stem for p in MODEL_CONFS.glob("*.yaml") if "ddpm.nets.unet.UNet" in p.read_text())
 )
 def test_output_shape_equals_input_shape(name: str) -> None:
     assert name in DATA_SHAPES, f"add the data shape for conf/model/{name}.yaml to DATA_SHAPES"

@@ -80,6 +80,9 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) 
     return (1 - abar[1:] / abar[:-1]).clamp(max=max_beta)
 
 
+REVERSE_VARIANCES = ("fixed_small", "fixed_large")
+
+
 def extract(buffer: Tensor, t: Tensor, ndim: int) -> Tensor:
     """Gather ``buffer[t]`` for a batch of timesteps and shape it to broadcast over a (B, ...) tensor."""
     return buffer[t].reshape(t.shape[0], *([1] * (ndim - 1)))
@@ -127,10 +130,30 @@ class NoiseSchedule(nn.Module):
         }
         for name, value in derived.items():
             self.register_buffer(name, value.to(torch.float32))
+        # log sigma_t^2 of the two fixed-variance reverse steps p(x_{t-1} | x_t), also from float64.
+        # Not persistent: derived from the betas, so checkpoints written before they existed still load.
+        #   fixed_small: beta~_t (beta~_0 replaced by beta~_1, as log 0 = -inf)
+        #   fixed_large: beta_t  (beta_0 replaced by beta~_1, so the decoder stays small; improved-diffusion)
+        large = torch.cat([posterior_variance[1:2], betas[1:]]) if len(betas) > 1 else betas
+        reverse = {"fixed_small": clipped.log(), "fixed_large": large.log()}
+        for name, value in reverse.items():
+            self.register_buffer(f"reverse_log_variance_{name}", value.to(torch.float32), persistent=False)
+        # abar_t as float64 host numbers, for samplers that step between timesteps on the host.
+        self.alphas_cumprod_host: list[float] = abar.tolist()
 
     @property
     def num_timesteps(self) -> int:
         return self.betas.shape[0]
+
+    def abar(self, t: int) -> float:
+        """abar_t in float64 on the host, with abar_{-1} = 1 (the clean image) for t < 0."""
+        return 1.0 if t < 0 else self.alphas_cumprod_host[t]
+
+    def reverse_log_variance(self, variance: str, t: Tensor, ndim: int) -> Tensor:
+        """log sigma_t^2 of a fixed-variance reverse step, ``fixed_small`` or ``fixed_large``, shaped to broadcast."""
+        if variance not in REVERSE_VARIANCES:
+            raise ConfigError(f"variance={variance!r} is not allowed: choose one of {list(REVERSE_VARIANCES)}")
+        return extract(getattr(self, f"reverse_log_variance_{variance}"), t, ndim)
 
     def _coef(self, name: str, t: Tensor, x: Tensor) -> Tensor:
         return extract(getattr(self, name), t, x.ndim)

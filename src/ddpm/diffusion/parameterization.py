@@ -1,4 +1,4 @@
-"""What the network predicts, and the exact conversions to (x_0, eps) that samplers use.
+"""What the network predicts (eps, x0 or v), and the exact conversions to (x_0, eps) that the Denoiser applies.
 
 A prediction type is a small object with two methods, chosen once by name:
     target(schedule, x0, eps, t)        the regression target of the simple loss
@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ddpm.errors import ConfigError
-from ddpm.schedules import NoiseSchedule
+from ddpm.diffusion.schedules import NoiseSchedule
 
 
 class EpsilonPrediction:

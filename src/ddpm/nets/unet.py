@@ -12,7 +12,6 @@ so each block starts as the identity and the untrained network outputs zeros.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -20,17 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddpm.errors import ConfigError
+from ddpm.nets.embeddings import timestep_embedding
 
 GROUPS = 32
-
-
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps, DDPM ``get_timestep_embedding``."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) / (half - 1) * torch.arange(half, device=t.device, dtype=torch.float32))
-    args = t.float()[:, None] * freqs[None]  # (B, half)
-    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # (B, 2 * half)
-    return F.pad(emb, (0, dim % 2))  # (B, dim)
 
 
 def norm(channels: int) -> nn.GroupNorm:

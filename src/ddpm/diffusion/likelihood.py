@@ -7,25 +7,25 @@
 
 In this code timesteps are 0-based: the term at t = 0 is the decoder, evaluated at x_1 =
 q_sample(x_0, t=0); the term at t >= 1 is the KL of the step out of t; the prior uses t = T - 1.
-p(x_{t-1} | x_t) has mean mu~_t(x0_hat, x_t) and a fixed variance (``fixed_small`` beta~_t or
-``fixed_large`` beta_t, see ``ddpm.samplers.reverse_log_variance``). Data are 8-bit images scaled
+p(x_{t-1} | x_t) has mean mu~_t(x0_hat, x_t) and the denoiser's reverse variance (``fixed_small``
+beta~_t or ``fixed_large`` beta_t: ``Denoiser.variance``), x0_hat clipped as the denoiser clips it
+(``Denoiser.clip_denoised``), exactly as in sampling. Data are 8-bit images scaled
 to [-1, 1]: 256 levels, bins of width 2/255. Everything is summed in nats over the pixels and
 reported per dimension in bits: nats / (D ln 2).
 """
 
 from __future__ import annotations
 
-import inspect
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.special import log_ndtr
 from tqdm.auto import tqdm
 
-from ddpm.errors import ConfigError
-from ddpm.samplers import Denoiser, reverse_log_variance
-from ddpm.schedules import NoiseSchedule, extract
+from ddpm.diffusion.denoiser import Denoiser
+from ddpm.diffusion.schedules import NoiseSchedule, extract
 
 BIN = 1.0 / 255.0  # half the width of one of the 256 intensity bins on [-1, 1]
 
@@ -70,22 +70,18 @@ def prior_bpd(schedule: NoiseSchedule, x0: Tensor) -> Tensor:
     return _per_dim_bits(normal_kl(mean, logvar, torch.zeros_like(mean), torch.zeros_like(logvar)))
 
 
-def vb_term_bpd(
-    model: Denoiser, schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor,
-    variance: str = "fixed_large", clip_denoised: bool = True,
-) -> Tensor:
+def vb_term_bpd(denoiser: Denoiser, x0: Tensor, t: Tensor, noise: Tensor, cond: Any = None) -> Tensor:
     """The bound's term at timestep t (B,): the decoder NLL where t = 0, the KL L_t elsewhere; bits/dim.
 
     Args:
         x0: (B, C, H, W) data on the 8-bit grid in [-1, 1].
         t: (B,) timesteps; noise: (B, C, H, W) the eps of x_t = q_sample(x0, t, noise).
     """
+    schedule = denoiser.schedule
     x_t = schedule.q_sample(x0, t, noise)
-    x0_hat, _ = model(x_t, t)
-    if clip_denoised:
-        x0_hat = x0_hat.clamp(-1.0, 1.0)
+    x0_hat, _, logvar = denoiser(x_t, t, cond)
     mean, _, _ = schedule.posterior(x0_hat, x_t, t)  # mu_theta(x_t, t)
-    logvar = reverse_log_variance(schedule, variance, t, x0.ndim).expand_as(x0)
+    logvar = logvar.expand_as(x0)
     true_mean, _, true_logvar = schedule.posterior(x0, x_t, t)
     kl = normal_kl(true_mean.double(), true_logvar.expand_as(x0).double(), mean.double(), logvar.double())
     decoder = -discretized_gaussian_log_likelihood(x0, mean, 0.5 * logvar)
@@ -94,29 +90,28 @@ def vb_term_bpd(
 
 @torch.no_grad()
 def nll_bpd(
-    model: Denoiser, schedule: NoiseSchedule, x0: Tensor, generator: torch.Generator | None = None,
-    variance: str = "fixed_large", clip_denoised: bool = True, progress: bool = False,
+    denoiser: Denoiser, x0: Tensor, generator: torch.Generator | None = None, progress: bool = False, cond: Any = None
 ) -> dict[str, Tensor]:
     """The full variational bound of a batch, with one fresh x_t per timestep.
 
     Returns (all in bits/dim): ``total`` (B,), ``prior`` (B,), ``decoder`` (B,), and ``terms``
     (B, T) where ``terms[:, 0]`` is the decoder and ``terms[:, t]`` the KL at t >= 1.
     """
+    schedule = denoiser.schedule
     x0 = x0.float()  # (B, C, H, W)
     B, T = x0.shape[0], schedule.num_timesteps
     terms = torch.empty(B, T, dtype=torch.float64, device=x0.device)
     for t_int in tqdm(range(T - 1, -1, -1), desc="nll", disable=not progress, leave=False):
         t = torch.full((B,), t_int, device=x0.device, dtype=torch.long)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-        terms[:, t_int] = vb_term_bpd(model, schedule, x0, t, noise, variance, clip_denoised)
+        terms[:, t_int] = vb_term_bpd(denoiser, x0, t, noise, cond)
     prior = prior_bpd(schedule, x0)
     return {"total": terms.sum(dim=1) + prior, "prior": prior, "decoder": terms[:, 0], "terms": terms}
 
 
 def dataset_bpd(
-    model: Denoiser, schedule: NoiseSchedule, dataset, num_images: int | None = None, batch_size: int = 100,
-    generator: torch.Generator | None = None, device="cpu", variance: str = "fixed_large",
-    clip_denoised: bool = True, progress: bool = False,
+    denoiser: Denoiser, dataset, num_images: int | None = None, batch_size: int = 100,
+    generator: torch.Generator | None = None, device="cpu", progress: bool = False,
 ) -> dict[str, float]:
     """The bound averaged over the first ``num_images`` (all when None) images of a dataset of
     (image in [-1, 1], label) pairs: ``nll_bpd`` and its ``prior``/``decoder`` parts, bits/dim."""
@@ -124,19 +119,10 @@ def dataset_bpd(
     sums = {"total": 0.0, "prior": 0.0, "decoder": 0.0}
     for start in tqdm(range(0, n, batch_size), desc="nll batches", disable=not progress):
         x0 = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, n))]).to(device)
-        out = nll_bpd(model, schedule, x0, generator, variance, clip_denoised)
+        out = nll_bpd(denoiser, x0, generator)
         for key in sums:
             sums[key] += out[key].sum().item()
     return {
         "nll_bpd": sums["total"] / n, "nll_prior_bpd": sums["prior"] / n, "nll_decoder_bpd": sums["decoder"] / n,
         "nll_num_images": n,
     }
-
-
-def held_out_split(datamodule):
-    """The test split of an ``ImageDataModule``'s dataset (its builder must take ``train``), for the bound."""
-    build = datamodule.build_dataset
-    if "train" not in inspect.signature(build).parameters:
-        name = getattr(getattr(build, "func", build), "__name__", build)
-        raise ConfigError(f"metrics=[nll] uses the test split, which data {name!r} does not have (mnist, cifar10, ... do)")
-    return build(train=False, **datamodule.dataset_kwargs)

@@ -29,9 +29,9 @@ from matplotlib.lines import Line2D
 from PIL import Image
 from torch import Tensor
 
-from ddpm import schedules
+from ddpm.diffusion import schedules
 from ddpm.errors import ConfigError, report_config_errors
-from ddpm.schedules import NoiseSchedule
+from ddpm.diffusion.schedules import NoiseSchedule
 
 # The schedules by name: those of conf/schedule/*.yaml with their defaults, and two bad ones.
 SCHEDULES: dict[str, Callable[[], NoiseSchedule]] = {
@@ -150,11 +150,11 @@ def load_image(image: str, size: int, root: str | None = None) -> Tensor:
     """One image as (C, size, size) in [-1, 1]: ``digits`` (scikit-learn, 8x8 upscaled), ``mnist``
     (from ``root``), ``china`` / ``flower`` (scikit-learn's sample photos) or a file path."""
     if image == "digits":
-        from ddpm.data import digits
+        from ddpm.data.images import digits
 
         x = digits()[0][0]
     elif image == "mnist":
-        from ddpm.data import mnist
+        from ddpm.data.images import mnist
 
         if root is None:
             raise ConfigError("--image mnist needs --root DIR holding MNIST/raw")

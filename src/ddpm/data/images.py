@@ -1,4 +1,4 @@
-"""Training images for the DDPM: dataset builders and the Lightning ``ImageDataModule``.
+"""Image datasets: the builders behind ``conf/data/*.yaml`` and the in-memory and folder datasets.
 
 Every builder returns a map-style dataset of ``(image, label)`` pairs whose images are float
 tensors of shape ``(C, H, W)`` scaled to ``[-1, 1]``. Each ``conf/data/*.yaml`` is one
@@ -12,17 +12,15 @@ from __future__ import annotations
 import gzip
 import struct
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
-import lightning as L
 import torch
 import torchvision
 import torchvision.transforms.functional as TF
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from ddpm.errors import ConfigError, check_choice
+from ddpm.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 
@@ -77,8 +75,14 @@ def _root(root: str | Path) -> Path:
     return Path(root).expanduser().absolute()
 
 
-def digits() -> TensorImageDataset:
+def no_test_split(name: str) -> DataError:
+    return DataError(f"data {name!r} has no test split (metrics=[nll] needs one: mnist, fashion_mnist, cifar10 have it)")
+
+
+def digits(train: bool = True) -> TensorImageDataset:
     """scikit-learn's 1,797 handwritten 8x8 digits (shipped with the package, no download): (1, 8, 8)."""
+    if not train:
+        raise no_test_split("digits")
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -149,12 +153,16 @@ def cifar10(root: str | Path, train: bool = True, download: bool = False) -> Ten
     return TensorImageDataset(images, torch.as_tensor(ds.targets), max_value=255)
 
 
-def synthetic(num_images: int = 50_000, channels: int = 3, image_size: int = 32, seed: int = 0) -> TensorImageDataset:
+def synthetic(
+    num_images: int = 50_000, channels: int = 3, image_size: int = 32, seed: int = 0, train: bool = True
+) -> TensorImageDataset:
     """Uniformly random uint8 images (CIFAR-10-shaped by default) with random labels 0..9.
 
     For throughput measurements where the real data is absent: same shapes, dtype and sizes as
     the real dataset, so the data pipeline costs what it costs on real data. Nothing to learn.
     """
+    if not train:
+        raise no_test_split("synthetic")
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (num_images, channels, image_size, image_size), dtype=torch.uint8, generator=g)
     return TensorImageDataset(images, torch.randint(0, 10, (num_images,), generator=g), max_value=255)
@@ -223,151 +231,9 @@ class ImageFolderDataset(Dataset):
 
 
 def image_folder(
-    root: str | Path, image_size: int, channels: int = 3, skip_bad_files: bool = False
+    root: str | Path, image_size: int, channels: int = 3, skip_bad_files: bool = False, train: bool = True
 ) -> ImageFolderDataset:
-    """Builder for :class:`ImageFolderDataset` (for symmetry with the other builders)."""
+    """Builder for :class:`ImageFolderDataset` (for symmetry with the other builders); one folder, no test split."""
+    if not train:
+        raise no_test_split("image_folder")
     return ImageFolderDataset(root, image_size, channels, skip_bad_files)
-
-
-class DeviceBatches:
-    """Shuffled training batches cut from an in-memory uint8 image tensor that lives on the device.
-
-    For datasets that fit in device memory (MNIST, CIFAR-10: tens of MB as uint8), this replaces the
-    DataLoader: no worker processes, no per-image Python, no host-to-device copy per step. Each epoch
-    draws one permutation from a generator seeded by (seed, epoch), identical on every rank, and rank
-    r takes positions r, r + W, r + 2W, ... of it (W ranks), as DistributedSampler does; the last
-    partial batch is dropped. Scaling to [-1, 1] and the optional left-right flip (p=0.5, drawn per
-    image from a per-rank generator) run on the device.
-    """
-
-    def __init__(
-        self,
-        dataset: TensorImageDataset,
-        batch_size: int,
-        device: torch.device | str = "cpu",
-        hflip: bool = False,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        epoch: Callable[[], int] | None = None,
-    ):
-        self.device = torch.device(device)
-        self.images = dataset.images.to(self.device)  # (N, C, H, W) uint8
-        self.labels = dataset.labels.to(self.device)  # (N,)
-        self.scale = 2.0 / dataset.max_value
-        self.batch_size, self.hflip = batch_size, hflip
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = epoch or self._count_epochs
-        self._epochs_started = 0
-        self._flip = torch.Generator(self.device).manual_seed(seed + 1_000_003 * (rank + 1))
-
-    def _count_epochs(self) -> int:
-        return self._epochs_started
-
-    def __len__(self) -> int:
-        return len(self.images) // self.world_size // self.batch_size
-
-    def __iter__(self):
-        epoch = self.epoch()
-        self._epochs_started += 1
-        shuffle = torch.Generator(self.device).manual_seed(self.seed + epoch)
-        order = torch.randperm(len(self.images), generator=shuffle, device=self.device)
-        order = order[self.rank :: self.world_size]
-        for i in range(len(self)):
-            index = order[i * self.batch_size : (i + 1) * self.batch_size]
-            images = self.images[index].float() * self.scale - 1.0  # (B, C, H, W) in [-1, 1]
-            if self.hflip:
-                flip = torch.rand(len(index), generator=self._flip, device=self.device) < 0.5
-                images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-            yield images, self.labels[index]
-
-
-class ImageDataModule(L.LightningDataModule):
-    """Serves shuffled training batches of ``(images in [-1, 1], labels)``; no validation data.
-
-    Args:
-        dataset: builds the training dataset when called (a Hydra ``_partial_`` of a builder above).
-        image_size, channels: the shape the dataset must yield, ``(channels, image_size, image_size)``;
-            exposed as attributes so the model config can interpolate them.
-        batch_size, num_workers: DataLoader settings (``drop_last=True``; persistent workers if any).
-        hflip: mirror images left-right at random (p=0.5), freshly each time one is drawn.
-        root, download: when given, passed on to ``dataset`` as keyword arguments, so the command
-            line can say ``data.root=DIR`` / ``data.download=true``.
-        on_device: serve batches from a copy of the whole dataset in the training device's memory
-            (:class:`DeviceBatches`) instead of a DataLoader. ``"auto"``: when the dataset is held
-            in memory as a tensor of at most ``max_device_bytes`` (MNIST, CIFAR-10, digits; not
-            image folders).
-        max_device_bytes: the size limit of ``on_device="auto"`` (uint8 bytes, default 4 GiB).
-    """
-
-    def __init__(
-        self,
-        dataset: Callable[..., Dataset],
-        image_size: int,
-        channels: int,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        hflip: bool = False,
-        root: str | None = None,
-        download: bool | None = None,
-        on_device: bool | str = "auto",
-        max_device_bytes: int = 4 * 2**30,
-    ):
-        super().__init__()
-        self.on_device = check_choice("data.on_device", on_device, (True, False, "auto"))
-        self.max_device_bytes = max_device_bytes
-        self.build_dataset = dataset
-        self.image_size, self.channels = image_size, channels
-        self.batch_size, self.num_workers, self.hflip = batch_size, num_workers, hflip
-        self.dataset_kwargs = {k: v for k, v in (("root", root), ("download", download)) if v is not None}
-        self.train_set: Dataset | None = None
-
-    def setup(self, stage: str | None = None) -> None:
-        """Builds the dataset once and checks it against the declared shape and batch size."""
-        if self.train_set is not None:
-            return
-        dataset = self.build_dataset(**self.dataset_kwargs)
-        expected = (self.channels, self.image_size, self.image_size)
-        shape = tuple(dataset[0][0].shape)
-        if shape != expected:
-            raise DataError(
-                f"dataset yields images of shape {shape} but the config declares {expected} "
-                f"(data.channels={self.channels}, data.image_size={self.image_size})"
-            )
-        if len(dataset) < self.batch_size:
-            too_few = f"dataset has {len(dataset)} images, fewer than data.batch_size={self.batch_size}"
-            raise DataError(too_few)
-        self.dataset = dataset
-        self.train_set = RandomHFlip(dataset) if self.hflip else dataset
-
-    def serves_from_device(self) -> bool:
-        """Whether :meth:`train_dataloader` gives :class:`DeviceBatches` (see ``on_device``)."""
-        in_memory = isinstance(self.dataset, TensorImageDataset)
-        if self.on_device is True and not in_memory:
-            raise DataError(f"data.on_device=true needs an in-memory dataset, not {type(self.dataset).__name__}: "
-                            "use data.on_device=false (a DataLoader) for image folders")
-        if self.on_device == "auto":
-            return in_memory and self.dataset.images.numel() <= self.max_device_bytes
-        return self.on_device
-
-    def train_dataloader(self) -> DataLoader | DeviceBatches:
-        """Shuffled batches; the last partial batch is dropped."""
-        if self.train_set is None:
-            self.setup("fit")
-        if self.serves_from_device():
-            trainer = self.trainer
-            return DeviceBatches(
-                self.dataset, self.batch_size, hflip=self.hflip, seed=torch.initial_seed() % 2**62,
-                device=trainer.strategy.root_device if trainer else "cpu",
-                rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
-                epoch=(lambda: trainer.current_epoch) if trainer else None,
-            )
-        return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-        )

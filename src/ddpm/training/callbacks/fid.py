@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ddpm.errors import ConfigError
-from ddpm.metrics import (
+from ddpm.evaluation.metrics import (
     Extractor, FeatureStats, InceptionFeatures, Shard, extract_features, frechet_distance, generate_images,
     load_npz, reference_statistics,
 )

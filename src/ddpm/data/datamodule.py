@@ -1,0 +1,113 @@
+"""The Lightning ``ImageDataModule``: one ``conf/data/*.yaml`` is one call of it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ddpm.data.device_batches import DeviceBatches
+from ddpm.data.images import DataError, RandomHFlip, TensorImageDataset
+from ddpm.errors import check_choice
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Serves shuffled training batches of ``(images in [-1, 1], labels)``; no validation data.
+
+    Args:
+        dataset: builds the training dataset when called (a Hydra ``_partial_`` of a builder above).
+        image_size, channels: the shape the dataset must yield, ``(channels, image_size, image_size)``;
+            exposed as attributes so the model config can interpolate them.
+        batch_size, num_workers: DataLoader settings (``drop_last=True``; persistent workers if any).
+        hflip: mirror images left-right at random (p=0.5), freshly each time one is drawn.
+        root, download: when given, passed on to ``dataset`` as keyword arguments, so the command
+            line can say ``data.root=DIR`` / ``data.download=true``.
+        on_device: serve batches from a copy of the whole dataset in the training device's memory
+            (:class:`DeviceBatches`) instead of a DataLoader. ``"auto"``: when the dataset is held
+            in memory as a tensor of at most ``max_device_bytes`` (MNIST, CIFAR-10, digits; not
+            image folders).
+        max_device_bytes: the size limit of ``on_device="auto"`` (uint8 bytes, default 4 GiB).
+    """
+
+    def __init__(
+        self,
+        dataset: Callable[..., Dataset],
+        image_size: int,
+        channels: int,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        hflip: bool = False,
+        root: str | None = None,
+        download: bool | None = None,
+        on_device: bool | str = "auto",
+        max_device_bytes: int = 4 * 2**30,
+    ):
+        super().__init__()
+        self.on_device = check_choice("data.on_device", on_device, (True, False, "auto"))
+        self.max_device_bytes = max_device_bytes
+        self.build_dataset = dataset
+        self.image_size, self.channels = image_size, channels
+        self.batch_size, self.num_workers, self.hflip = batch_size, num_workers, hflip
+        self.dataset_kwargs = {k: v for k, v in (("root", root), ("download", download)) if v is not None}
+        self.train_set: Dataset | None = None
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """The shape of one training image, (C, H, W)."""
+        return (self.channels, self.image_size, self.image_size)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Builds the dataset once and checks it against the declared shape and batch size."""
+        if self.train_set is not None:
+            return
+        dataset = self.build_dataset(**self.dataset_kwargs)
+        expected = (self.channels, self.image_size, self.image_size)
+        shape = tuple(dataset[0][0].shape)
+        if shape != expected:
+            raise DataError(
+                f"dataset yields images of shape {shape} but the config declares {expected} "
+                f"(data.channels={self.channels}, data.image_size={self.image_size})"
+            )
+        if len(dataset) < self.batch_size:
+            too_few = f"dataset has {len(dataset)} images, fewer than data.batch_size={self.batch_size}"
+            raise DataError(too_few)
+        self.dataset = dataset
+        self.train_set = RandomHFlip(dataset) if self.hflip else dataset
+
+    def test_dataset(self) -> Dataset:
+        """The dataset's test split (held-out images, e.g. for the likelihood); a DataError if it has none."""
+        return self.build_dataset(train=False, **self.dataset_kwargs)
+
+    def serves_from_device(self) -> bool:
+        """Whether :meth:`train_dataloader` gives :class:`DeviceBatches` (see ``on_device``)."""
+        in_memory = isinstance(self.dataset, TensorImageDataset)
+        if self.on_device is True and not in_memory:
+            raise DataError(f"data.on_device=true needs an in-memory dataset, not {type(self.dataset).__name__}: "
+                            "use data.on_device=false (a DataLoader) for image folders")
+        if self.on_device == "auto":
+            return in_memory and self.dataset.images.numel() <= self.max_device_bytes
+        return self.on_device
+
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
+        """Shuffled batches; the last partial batch is dropped."""
+        if self.train_set is None:
+            self.setup("fit")
+        if self.serves_from_device():
+            trainer = self.trainer
+            return DeviceBatches(
+                self.dataset, self.batch_size, hflip=self.hflip, seed=torch.initial_seed() % 2**62,
+                device=trainer.strategy.root_device if trainer else "cpu",
+                rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
+                epoch=(lambda: trainer.current_epoch) if trainer else None,
+            )
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )

@@ -1,0 +1,182 @@
+"""Reverse-process samplers. Each is ``sampler(denoiser, schedule, x_T, generator, cond=None) -> x_0``.
+
+``denoiser(x_t, t, cond) -> (x0_hat, eps_hat, log_variance)`` is a ``ddpm.diffusion.denoiser.Denoiser``
+(or anything that wraps one, e.g. guidance): it owns what the network predicts, the clipping of
+x0_hat and the reverse variance, so samplers know none of them.
+Sampling is an explicit loop over (t, t_next) pairs; no state is kept between calls.
+
+Notation: timesteps are 0-based (t = T - 1 is the noisiest trained step); t_next = -1 stands for
+the clean image, where abar = 1. ``timesteps(schedule)`` gives the t at which a sampler calls the
+denoiser, from T - 1 downwards. abar on the host is the schedule's float64 ``abar(t)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ddpm.diffusion.denoiser import DenoiserOutput, at_timestep
+from ddpm.diffusion.schedules import NoiseSchedule
+from ddpm.diffusion.timesteps import SPACINGS, check_steps, step_pairs, timestep_sequence
+from ddpm.errors import ConfigError
+
+Denoiser = Callable[..., DenoiserOutput]  # (x_t, t, cond=None) -> DenoiserOutput
+
+class DDPMSampler:
+    """Ancestral sampling, Algorithm 2 of Ho et al. 2020.
+
+    x_{t-1} = mu~_t(x0_hat, x_t) + sigma_t z,  z ~ N(0, I), and the mean alone at the last step.
+    sigma_t^2 is the denoiser's reverse variance (``Denoiser.variance``: beta~_t or beta_t).
+
+    Args:
+        noise_scale: multiplies sigma_t z; 1 is DDPM, 0 keeps the posterior mean alone, which
+            collapses samples towards the data average (shown by the toy-diffusion plots).
+        progress: show a progress bar over the steps.
+    """
+
+    name = "ddpm"
+
+    def __init__(self, noise_scale: float = 1.0, progress: bool = False):
+        if not noise_scale >= 0:
+            raise ConfigError(f"noise_scale={noise_scale!r} is not allowed: use 0 (posterior mean only) to 1 (DDPM)")
+        self.noise_scale = float(noise_scale)
+        self.progress = progress
+
+    def timesteps(self, schedule: NoiseSchedule) -> list[int]:
+        """All T steps: [T-1, ..., 0]."""
+        return list(range(schedule.num_timesteps - 1, -1, -1))
+
+    @torch.no_grad()
+    def __call__(
+        self, denoiser: Denoiser, schedule: NoiseSchedule, x_T: Tensor, generator: torch.Generator | None = None,
+        cond: Any = None,
+    ) -> Tensor:
+        x = x_T.float()  # (B, C, H, W)
+        for t_int, t_next in tqdm(step_pairs(self.timesteps(schedule)), desc="ddpm", disable=not self.progress, leave=False):
+            t = torch.full((x.shape[0],), t_int, device=x.device, dtype=torch.long)
+            x0, _, log_variance = denoiser(x, t, cond)
+            mean, _, _ = schedule.posterior(x0, x, t)  # 1. mu~_t(x0_hat, x_t)   (DDPM Eq. 7)
+            if t_next < 0:
+                x = mean  # 2. the last step returns the mean (no noise added to x_0)
+            else:  # 2. x_{t-1} = mu~_t + sigma_t z   (Algorithm 2, line 4)
+                z = torch.randn(x.shape, generator=generator, device=x.device)
+                x = mean + self.noise_scale * (0.5 * log_variance).exp() * z
+        return x
+
+
+class _SubsequenceSampler:
+    """What DDIM and DPM-Solver share: ``steps`` denoiser calls at ``timestep_sequence(schedule, steps, spacing)``."""
+
+    def __init__(self, steps: int, spacing: str, progress: bool):
+        check_steps(steps)
+        if spacing not in SPACINGS:
+            raise ConfigError(f"spacing={spacing!r} is not allowed: choose one of {list(SPACINGS)}")
+        self.steps, self.spacing, self.progress = steps, spacing, progress
+
+    def timesteps(self, schedule: NoiseSchedule) -> list[int]:
+        return timestep_sequence(schedule, self.steps, self.spacing)
+
+
+class DDIMSampler(_SubsequenceSampler):
+    """DDIM (Song et al. 2021, "Denoising Diffusion Implicit Models") on a subsequence of timesteps.
+
+    x_{t'} = sqrt(abar_{t'}) x0_hat + sqrt(1 - abar_{t'} - sigma^2) eps_hat + sigma z          (Eq. 12)
+    sigma  = eta sqrt((1 - abar_{t'}) / (1 - abar_t)) sqrt(1 - abar_t / abar_{t'})            (Eq. 16)
+
+    eta = 0 is the deterministic implicit model; eta = 1 over all T steps is DDPM with
+    sigma_t^2 = beta~_t (``fixed_small``) and draws the same noise in the same order.
+
+    Args:
+        steps: number of denoiser calls, at ``timestep_sequence(schedule, steps, spacing)``.
+        eta: scale of the noise, 0 (deterministic) to 1 (DDPM-like).
+        spacing: ``linspace`` (= ``uniform``), ``trailing``, ``quadratic`` or ``logsnr``.
+        progress: show a progress bar over the steps.
+    """
+
+    name = "ddim"
+
+    def __init__(self, steps: int = 50, eta: float = 0.0, spacing: str = "linspace", progress: bool = False):
+        super().__init__(steps, spacing, progress)
+        if not 0.0 <= eta <= 1.0:
+            raise ConfigError(f"eta={eta!r} is not allowed: use a value in [0, 1] (0 deterministic, 1 DDPM-like)")
+        self.eta = float(eta)
+
+    @torch.no_grad()
+    def __call__(
+        self, denoiser: Denoiser, schedule: NoiseSchedule, x_T: Tensor, generator: torch.Generator | None = None,
+        cond: Any = None,
+    ) -> Tensor:
+        x = x_T.float()  # (B, C, H, W)
+        for t, t_next in tqdm(step_pairs(self.timesteps(schedule)), desc="ddim", disable=not self.progress, leave=False):
+            x0, eps, _ = at_timestep(denoiser, x, t, cond)
+            a, a_next = schedule.abar(t), schedule.abar(t_next)
+            # 1. sigma_t(eta)   (Eq. 16); 0 on the last step, where abar_next = 1
+            sigma = self.eta * math.sqrt((1 - a_next) / (1 - a) * (1 - a / a_next))
+            # 2. x_{t'} = sqrt(abar') x0 + "direction pointing to x_t" + random noise   (Eq. 12)
+            x = math.sqrt(a_next) * x0 + math.sqrt(max(1 - a_next - sigma**2, 0.0)) * eps
+            if sigma > 0:
+                x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device)
+        return x
+
+
+class DPMSolverSampler(_SubsequenceSampler):
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2): multistep second order, data prediction.
+
+    Notation: alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t), lambda_t = log(alpha_t / sigma_t),
+    h = lambda_{t'} - lambda_t for a step t -> t'. With D the (extrapolated) data prediction,
+        x_{t'} = (sigma_{t'} / sigma_t) x_t - alpha_{t'} (e^{-h} - 1) D.
+    The first step uses D = x0_hat(t) (first order); later steps use
+        D = (1 + 1/(2r)) x0_hat(t) - 1/(2r) x0_hat(t_prev),  r = h_prev / h.
+    The last step goes to the clean image (lambda = +inf), where the update is D = x0_hat(t):
+    first order, i.e. "denoise to x_0". Deterministic: ``generator`` is not used. Clipping x0_hat
+    (the denoiser's ``clip_denoised``) is the paper's thresholding, for pixel data.
+
+    Args:
+        steps: number of denoiser calls (10-25 are typical), at ``timestep_sequence(schedule, steps, spacing)``.
+        spacing: ``logsnr`` (uniform steps h, the paper's choice for pixel models), ``linspace``
+            (= ``uniform``), ``trailing`` or ``quadratic``. With ``linspace`` on the linear schedule
+            the step into t = 0 is several times longer in lambda than the one before, and the
+            second-order extrapolation over it overshoots (20 steps: worse than DDIM).
+        progress: show a progress bar over the steps.
+    """
+
+    name = "dpm_solver"
+
+    def __init__(self, steps: int = 20, spacing: str = "logsnr", progress: bool = False):
+        super().__init__(steps, spacing, progress)
+
+    @torch.no_grad()
+    def __call__(
+        self, denoiser: Denoiser, schedule: NoiseSchedule, x_T: Tensor, generator: torch.Generator | None = None,
+        cond: Any = None,
+    ) -> Tensor:
+        abar = schedule.abar
+
+        def lam(t: int) -> float:  # lambda_t = log(alpha_t / sigma_t) = 0.5 log SNR
+            return 0.5 * (math.log(abar(t)) - math.log1p(-abar(t)))
+
+        x = x_T.float()  # (B, C, H, W)
+        x0_prev, h_prev = None, None  # the previous step's data prediction and log-SNR step
+        pairs = step_pairs(self.timesteps(schedule))
+        for t, t_next in tqdm(pairs, desc="dpm-solver++", disable=not self.progress, leave=False):
+            x0 = at_timestep(denoiser, x, t, cond).x0
+            if t_next < 0:
+                x = x0  # lambda = +inf: alpha = 1, sigma = 0, e^{-h} = 0
+                break
+            h = lam(t_next) - lam(t)
+            alpha_next, ratio = math.sqrt(abar(t_next)), math.sqrt((1 - abar(t_next)) / (1 - abar(t)))
+            if x0_prev is None:
+                d = x0  # 1. first step: DPM-Solver++(1), i.e. DDIM
+            else:
+                r = h_prev / h  # 2. second-order multistep correction: D_i, r_i of Algorithm 2
+                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+            x = ratio * x - alpha_next * math.expm1(-h) * d  # 3. the exponential-integrator update of Algorithm 2
+            x0_prev, h_prev = x0, h
+        return x
+
+
+__all__ = ["DDIMSampler", "DDPMSampler", "DPMSolverSampler", "Denoiser", "step_pairs", "timestep_sequence"]

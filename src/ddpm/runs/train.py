@@ -1,0 +1,55 @@
+"""Training as a function of the composed config: ``train.py`` calls it; tests can call it in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from ddpm.errors import check_choice
+from ddpm.runs.build import build_module
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """The Trainer with the chosen logger and every non-null callback."""
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return trainer
+
+
+@rank_zero_only
+def save_config(cfg: DictConfig, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+
+
+@rank_zero_only
+def report(run_dir: Path) -> None:
+    print(f"\nrun directory: {run_dir}")
+    print(f"  config:      {run_dir / 'config.yaml'}")
+    print(f"  checkpoints: {run_dir / 'checkpoints'} (last.ckpt resumes with ckpt_path=...)")
+    print(f"  samples:     {run_dir / 'samples'}")
+
+
+def train(cfg: DictConfig) -> L.Trainer:
+    """Seed, build data, module and trainer from ``cfg``, fit (resuming from ``cfg.ckpt_path``), report."""
+    L.seed_everything(cfg.seed, workers=True)
+    # highest: fp32, high: TF32, medium: bf16
+    torch.set_float32_matmul_precision(
+        check_choice("float32_matmul_precision", cfg.float32_matmul_precision, ("highest", "high", "medium"))
+    )
+    run_dir = Path(cfg.paths.output_dir)
+    save_config(cfg, run_dir)
+    datamodule = instantiate(cfg.data)
+    module = build_module(cfg, datamodule)
+    trainer = build_trainer(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    report(run_dir)
+    return trainer

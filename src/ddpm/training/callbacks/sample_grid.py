@@ -1,0 +1,49 @@
+"""The ``SampleGrid`` callback: fixed-seed sample grids from the EMA (and optionally raw) weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torchvision.utils import save_image
+
+from ddpm.errors import ConfigError
+from ddpm.plots.grid import image_grid
+from ddpm.training.callbacks.periodic import PeriodicDrawing, log_image
+
+
+class SampleGrid(PeriodicDrawing):
+    """Every ``every_n_steps`` optimizer steps and at the end of training, sample a grid with a
+    fixed seed and save it as ``<run dir>/samples/step_XXXXXXX.png``; also sent to the logger.
+
+    Args:
+        every_n_steps: steps between grids (0: only at the end).
+        num_samples: images per grid.
+        seed: the seed of x_T and all sampling noise, the same for every grid.
+        compare_raw: put the raw weights' samples beside the EMA's (left: EMA, right: raw),
+            from the same noise, to see whether training works before the EMA catches up.
+    """
+
+    def __init__(self, every_n_steps: int = 1000, num_samples: int = 64, seed: int = 0, compare_raw: bool = False):
+        super().__init__(every_n_steps)
+        if num_samples < 1:
+            raise ConfigError(f"num_samples={num_samples!r} is not allowed: use 1 or more")
+        self.num_samples = num_samples
+        self.seed = seed
+        self.compare_raw = compare_raw
+        self.last_path: Path | None = None
+
+    def draw(self, trainer: L.Trainer, pl_module) -> None:
+        step = trainer.global_step
+        grids = []
+        for use_ema in (True, False) if self.compare_raw else (True,):
+            generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+            images = pl_module.sample(self.num_samples, generator=generator, use_ema=use_ema)
+            grids.append(image_grid(images))
+        grid = torch.cat(grids, dim=-1) if len(grids) > 1 else grids[0]  # (C, H, W)
+        out = Path(trainer.default_root_dir) / "samples" / f"step_{step:07d}.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_image(grid, out)
+        self.last_path = out
+        log_image(trainer, "samples/ema_vs_raw" if self.compare_raw else "samples/ema", grid, step)
