@@ -1,1 +1,1 @@
-"""DDPM training framework."""
+"""ddpm: denoising diffusion models with PyTorch Lightning and Hydra (see README.md, "Architecture")."""

@@ -13,7 +13,7 @@ denoiser, from T - 1 downwards. abar on the host is the schedule's float64 ``aba
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -26,7 +26,25 @@ from ddpm.errors import ConfigError
 
 Denoiser = Callable[..., DenoiserOutput]  # (x_t, t, cond=None) -> DenoiserOutput
 
-class DDPMSampler:
+class Sampler:
+    """What every sampler shares: a name, the timesteps it visits, and an optional progress bar over them.
+
+    ``sampler(denoiser, schedule, x_T, generator=None, cond=None) -> x_0``; ``generator`` draws all
+    added noise, ``cond`` goes to every denoiser call.
+    """
+
+    name = "sampler"
+    progress = False
+
+    def timesteps(self, schedule: NoiseSchedule) -> list[int]:
+        raise NotImplementedError
+
+    def pairs(self, schedule: NoiseSchedule):
+        """(t, t_next) for every step, shown as a progress bar when ``progress`` is set."""
+        return tqdm(step_pairs(self.timesteps(schedule)), desc=self.name, disable=not self.progress, leave=False)
+
+
+class DDPMSampler(Sampler):
     """Ancestral sampling, Algorithm 2 of Ho et al. 2020.
 
     x_{t-1} = mu~_t(x0_hat, x_t) + sigma_t z,  z ~ N(0, I), and the mean alone at the last step.
@@ -51,13 +69,10 @@ class DDPMSampler:
         return list(range(schedule.num_timesteps - 1, -1, -1))
 
     @torch.no_grad()
-    def __call__(
-        self, denoiser: Denoiser, schedule: NoiseSchedule, x_T: Tensor, generator: torch.Generator | None = None,
-        cond: Any = None,
-    ) -> Tensor:
+    def __call__(self, denoiser: Denoiser, schedule: NoiseSchedule, x_T: Tensor, generator=None, cond=None) -> Tensor:
         x = x_T.float()  # (B, C, H, W)
-        for t_int, t_next in tqdm(step_pairs(self.timesteps(schedule)), desc="ddpm", disable=not self.progress, leave=False):
-            t = torch.full((x.shape[0],), t_int, device=x.device, dtype=torch.long)
+        for t_int, t_next in self.pairs(schedule):
+            t = torch.full((x.shape[0],), t_int, device=x.device, dtype=torch.long)  # (B,)
             x0, _, log_variance = denoiser(x, t, cond)
             mean, _, _ = schedule.posterior(x0, x, t)  # 1. mu~_t(x0_hat, x_t)   (DDPM Eq. 7)
             if t_next < 0:
@@ -68,7 +83,7 @@ class DDPMSampler:
         return x
 
 
-class _SubsequenceSampler:
+class _SubsequenceSampler(Sampler):
     """What DDIM and DPM-Solver share: ``steps`` denoiser calls at ``timestep_sequence(schedule, steps, spacing)``."""
 
     def __init__(self, steps: int, spacing: str, progress: bool):
@@ -106,12 +121,9 @@ class DDIMSampler(_SubsequenceSampler):
         self.eta = float(eta)
 
     @torch.no_grad()
-    def __call__(
-        self, denoiser: Denoiser, schedule: NoiseSchedule, x_T: Tensor, generator: torch.Generator | None = None,
-        cond: Any = None,
-    ) -> Tensor:
+    def __call__(self, denoiser: Denoiser, schedule: NoiseSchedule, x_T: Tensor, generator=None, cond=None) -> Tensor:
         x = x_T.float()  # (B, C, H, W)
-        for t, t_next in tqdm(step_pairs(self.timesteps(schedule)), desc="ddim", disable=not self.progress, leave=False):
+        for t, t_next in self.pairs(schedule):
             x0, eps, _ = at_timestep(denoiser, x, t, cond)
             a, a_next = schedule.abar(t), schedule.abar(t_next)
             # 1. sigma_t(eta)   (Eq. 16); 0 on the last step, where abar_next = 1
@@ -150,10 +162,7 @@ class DPMSolverSampler(_SubsequenceSampler):
         super().__init__(steps, spacing, progress)
 
     @torch.no_grad()
-    def __call__(
-        self, denoiser: Denoiser, schedule: NoiseSchedule, x_T: Tensor, generator: torch.Generator | None = None,
-        cond: Any = None,
-    ) -> Tensor:
+    def __call__(self, denoiser: Denoiser, schedule: NoiseSchedule, x_T: Tensor, generator=None, cond=None) -> Tensor:
         abar = schedule.abar
 
         def lam(t: int) -> float:  # lambda_t = log(alpha_t / sigma_t) = 0.5 log SNR
@@ -161,8 +170,7 @@ class DPMSolverSampler(_SubsequenceSampler):
 
         x = x_T.float()  # (B, C, H, W)
         x0_prev, h_prev = None, None  # the previous step's data prediction and log-SNR step
-        pairs = step_pairs(self.timesteps(schedule))
-        for t, t_next in tqdm(pairs, desc="dpm-solver++", disable=not self.progress, leave=False):
+        for t, t_next in self.pairs(schedule):
             x0 = at_timestep(denoiser, x, t, cond).x0
             if t_next < 0:
                 x = x0  # lambda = +inf: alpha = 1, sigma = 0, e^{-h} = 0
@@ -179,4 +187,4 @@ class DPMSolverSampler(_SubsequenceSampler):
         return x
 
 
-__all__ = ["DDIMSampler", "DDPMSampler", "DPMSolverSampler", "Denoiser", "step_pairs", "timestep_sequence"]
+__all__ = ["DDIMSampler", "DDPMSampler", "DPMSolverSampler", "Denoiser", "Sampler", "step_pairs", "timestep_sequence"]

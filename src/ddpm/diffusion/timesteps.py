@@ -34,7 +34,8 @@ def timestep_sequence(schedule: NoiseSchedule, steps: int, spacing: str = "linsp
     ``trailing``: round(T - i T/steps) - 1 for i = 0..steps-1 (Lin et al. 2024, Table 2; diffusers'
         ``trailing``): a uniform stride T/steps anchored at T - 1 whose next point is the clean
         image (t = -1), so the last model call is at round(T/steps) - 1. T=1000, 10 steps:
-        [999, 899, ..., 99]. Rounding is numpy's, half to even.
+        [999, 899, ..., 99]. Rounding is half to even, of the exact value (T S - i T) / S; diffusers'
+        ``np.arange(T, 0, -T/S)`` accumulates float error and can round such a tie the other way.
     ``logsnr``: uniform in log-SNR lambda_t between t = T-1 and t = 0 (Lu et al. 2022), ends at 0.
     Rounding collisions (many steps on a short schedule) are pushed apart, never dropped.
     """
@@ -47,7 +48,7 @@ def timestep_sequence(schedule: NoiseSchedule, steps: int, spacing: str = "linsp
     elif spacing == "quadratic":
         ts = np.round(np.linspace(math.sqrt(T - 1), 0, steps) ** 2)
     elif spacing == "trailing":
-        ts = np.round(T - np.arange(steps) * (T / steps)) - 1
+        ts = np.round((T * steps - np.arange(steps) * T) / steps) - 1  # exact quotients: ties stay ties
     else:  # logsnr: the t whose lambda is nearest to each point of a uniform lambda grid
         lam = 0.5 * schedule.snr.double().log().cpu().numpy()  # (T,), decreasing in t
         grid = np.linspace(lam[-1], lam[0], steps)

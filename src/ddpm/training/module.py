@@ -139,11 +139,15 @@ class DiffusionModule(L.LightningModule):
         every = self.trainer.log_every_n_steps
         return bool(every) and (self.global_step + 1) % every == 0
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
+    def compute_loss(self, batch) -> tuple[Tensor, Tensor]:
+        """Per-sample losses (B,) of the raw network on a batch (images, or (images, labels)), and their t (B,)."""
         x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
         if x0.ndim == 4:
             x0 = x0.contiguous(memory_format=self.memory_format)
-        per_sample, t = self.loss(self.denoiser(use_ema=False), x0, self._noise)
+        return self.loss(self.denoiser(use_ema=False), x0, self._noise)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        per_sample, t = self.compute_loss(batch)
         self.loss_log.add(per_sample.detach(), t)
         if self._is_logging_step():
             # The window's sums stay on the device between logging steps and are reduced across
