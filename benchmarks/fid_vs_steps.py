@@ -1,6 +1,7 @@
 """FID against the number of sampling steps for each sampler (the layout of the DDIM paper's Table 1).
 
-Every cell is one ``evaluate.py`` run (same code path, same seed, reference statistics cached after
+Every cell is one ``ddpm.runs.evaluate.evaluate`` call, what ``evaluate.py`` runs (same code path,
+same seed, the checkpoint loaded by ``ddpm.runs.load.load_run``, reference statistics cached after
 the first), written to ``<run>/eval/<sampler>_<steps>_<n>/``; the table is printed as Markdown
 and saved with a plot beside the run's evaluations.
 
@@ -14,7 +15,6 @@ and saved with a plot beside the run's evaluations.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
@@ -25,14 +25,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
+from ddpm.errors import ConfigError, report_config_errors  # noqa: E402
+from ddpm.runs.evaluate import evaluate  # noqa: E402
+from ddpm.runs.load import load_run  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_evaluate():
-    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def parse_sampler(text: str) -> tuple[str, list[str], str]:
@@ -49,6 +46,7 @@ def markdown(rows: dict, columns: list[int], fmt) -> str:
     return "\n".join(lines)
 
 
+@report_config_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt_path")
@@ -61,7 +59,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="folder for fid_vs_steps.{md,json,png} (default: <run>/eval)")
     args = parser.parse_args()
 
-    evaluate = load_evaluate()
+    run_dir, _, _ = load_run(args.ckpt_path)  # a bad path fails here, once, not as a skipped cell each
     samplers = [parse_sampler(s) for s in args.sampler or ["ddpm", "ddim", "ddim:eta=1.0", "dpm_solver"]]
     fid, speed = {}, {}
     for name, sampler_overrides, label in samplers:
@@ -73,8 +71,8 @@ def main() -> None:
             with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
                 cfg = compose("evaluate", overrides=overrides)
             try:
-                result = evaluate.evaluate(cfg)
-            except evaluate.ConfigError as e:  # e.g. more steps than the schedule has
+                result = evaluate(cfg)
+            except ConfigError as e:  # e.g. more steps than the schedule has
                 print(f"skipped {label} at {steps} steps: {e}")
                 continue
             fid.setdefault(label, {})[result["steps"]] = result["fid"]
@@ -85,7 +83,7 @@ def main() -> None:
              + "\n\nimages per second\n\n" + markdown(speed, columns, lambda v: f"{v:.3g}"))
     print("\n" + table)
 
-    out = args.out or Path(args.ckpt_path).expanduser().parent.parent / "eval"
+    out = args.out or run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     (out / "fid_vs_steps.md").write_text(f"checkpoint: {args.ckpt_path}\n\n{table}\n")
     (out / "fid_vs_steps.json").write_text(json.dumps({"ckpt_path": str(args.ckpt_path), "num_samples": args.num_samples,

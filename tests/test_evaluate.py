@@ -1,10 +1,11 @@
-"""evaluate.py on a tiny MNIST checkpoint: outputs, EMA weights, sampler options, samples_path mode,
-reference caching and files, NLL, and one-line errors. A stand-in replaces Inception in-process
-(test_metrics.py checks the real network); the CLI error path runs the real script."""
+"""Evaluation (``ddpm.runs.evaluate``, what evaluate.py runs) on a tiny MNIST checkpoint: outputs, EMA
+weights, sampler and denoiser options, samples_path mode, reference caching and files, NLL, and
+one-line errors. A stand-in replaces Inception in-process (test_metrics.py checks the real
+network); the CLI error path runs the real script."""
 
-import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,18 +13,21 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import ROOT, SHARED_DATA
+from conftest import ROOT
+from ddpm.data.pixels import to_uint8
+from ddpm.diffusion.likelihood import dataset_bpd
+from ddpm.diffusion.samplers import DDIMSampler, DDPMSampler
 from ddpm.errors import ConfigError
-from ddpm.evaluation.metrics import FeatureStats, generate_images, to_uint8
+from ddpm.evaluation.feature_stats import FeatureStats
+from ddpm.evaluation.sampling import generate_images
 from ddpm.runs.build import build_module
-from ddpm.diffusion.samplers import DDIMSampler
-from test_metrics import StandIn
-
-spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "evaluate.py")
-evaluate_script = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(evaluate_script)
+from ddpm.runs.evaluate import evaluate
+from ddpm.runs.load import load_run
+from shared_data import MNIST, require
+from standins import StandIn
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -36,11 +40,13 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A run directory as train.py leaves it: config.yaml and checkpoints/last.ckpt (EMA != raw weights)."""
+    """A run directory as train.py leaves it: config.yaml and checkpoints/last.ckpt (EMA != raw weights).
+    Its data, MNIST, are read from the shared data (the reference statistics, the test split)."""
+    root = require(*MNIST)
     run_dir = tmp_path_factory.mktemp("run")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["model=unet_tiny", "model.attn_resolutions=[14]", "schedule.num_timesteps=10", "data=mnist",
-                                          f"data.root={SHARED_DATA}", f"paths.output_dir={run_dir}"])
+                                          f"data.root={root}", f"paths.output_dir={run_dir}"])
     module = build_module(cfg)
     with torch.no_grad():
         for p in module.ema.module.parameters():
@@ -54,10 +60,8 @@ def run(tmp_path_factory):
 
 
 @pytest.fixture
-def standin(monkeypatch):
-    extractor = StandIn()
-    monkeypatch.setattr(evaluate_script, "InceptionFeatures", lambda weights=None: extractor)
-    return extractor
+def standin():
+    return StandIn()
 
 
 def config(*overrides):
@@ -69,7 +73,7 @@ def test_a_checkpoint_is_sampled_from_its_ema_weights_and_scored(run, standin, t
     run_dir, module = run
     cfg = config(f"ckpt_path={run_dir}/checkpoints/last.ckpt", "sampler=ddim", "sampler.steps=3", "sampler.eta=0.5",
                  "num_samples=6", "batch_size=4", "reference_count=50", f"reference_cache_dir={tmp_path}")
-    result = evaluate_script.evaluate(cfg)
+    result = evaluate(cfg, standin)
 
     out = run_dir / "eval" / "ddim_3_6"
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "samples.npz", "samples.png"]
@@ -86,6 +90,7 @@ def test_a_checkpoint_is_sampled_from_its_ema_weights_and_scored(run, standin, t
     assert written == json.loads(json.dumps(result))
     assert written["sampler"] == "ddim" and written["steps"] == 3 and written["num_samples"] == 6
     assert written["sampler_config"]["eta"] == 0.5
+    assert written["denoiser"] == {"prediction_type": "epsilon", "clip_denoised": True, "variance": "fixed_small"}
     assert written["seconds"] > 0 and written["images_per_second"] == pytest.approx(6 / written["seconds"])
     assert np.isfinite(written["fid"]) and np.isfinite(written["kid_mean"]) and written["kid_subset_size"] == 5
     assert written["is"] is None and written["is_reason"]
@@ -95,11 +100,11 @@ def test_a_checkpoint_is_sampled_from_its_ema_weights_and_scored(run, standin, t
 def test_samples_made_elsewhere_score_the_same_and_reuse_the_cached_reference(run, standin, tmp_path):
     run_dir, _ = run
     common = ["reference_count=50", f"reference_cache_dir={tmp_path}"]
-    first = evaluate_script.evaluate(config(f"ckpt_path={run_dir}/checkpoints/last.ckpt", "sampler=dpm_solver",
-                                            "sampler.steps=2", "num_samples=6", "batch_size=6", *common))
+    first = evaluate(config(f"ckpt_path={run_dir}/checkpoints/last.ckpt", "sampler=dpm_solver",
+                            "sampler.steps=2", "num_samples=6", "batch_size=6", *common), standin)
     samples = run_dir / "eval" / "dpm_solver_2_6" / "samples.npz"
     calls = standin.calls
-    second = evaluate_script.evaluate(config(f"samples_path={samples}", "data=mnist", f"data.root={SHARED_DATA}", *common))
+    second = evaluate(config(f"samples_path={samples}", "data=mnist", f"data.root={require(*MNIST)}", *common), standin)
     assert standin.calls == calls + 6  # the samples only: the reference came from the cache
     assert second["fid"] == pytest.approx(first["fid"], rel=1e-12) and second["kid_mean"] == pytest.approx(first["kid_mean"])
     assert second["sampler"] is None and second["num_samples"] == 6
@@ -110,23 +115,69 @@ def test_reference_files_may_hold_images_or_mu_sigma(run, standin, tmp_path):
     images = np.random.RandomState(0).randint(0, 256, (7, 28, 28, 1)).astype(np.uint8)
     np.savez(tmp_path / "samples.npz", images=images)
     np.savez(tmp_path / "ref_images.npz", images[::-1].copy())  # the first array, unnamed
-    by_images = evaluate_script.evaluate(config(f"samples_path={tmp_path}/samples.npz", f"reference_path={tmp_path}/ref_images.npz"))
+    by_images = evaluate(config(f"samples_path={tmp_path}/samples.npz", f"reference_path={tmp_path}/ref_images.npz"), standin)
     stats = FeatureStats.from_features(StandIn()(torch.from_numpy(images[::-1].copy()).permute(0, 3, 1, 2).expand(-1, 3, -1, -1))["pool3"].numpy())
     np.savez(tmp_path / "ref_stats.npz", mu=stats.mu, sigma=stats.sigma)
-    by_stats = evaluate_script.evaluate(config(f"samples_path={tmp_path}/samples.npz", f"reference_path={tmp_path}/ref_stats.npz", "out_dir=" + str(tmp_path / "o")))
+    by_stats = evaluate(config(f"samples_path={tmp_path}/samples.npz", f"reference_path={tmp_path}/ref_stats.npz", "out_dir=" + str(tmp_path / "o")), standin)
     assert by_images["fid"] == pytest.approx(0.0, abs=1e-9)  # the same images in another order
     assert by_stats["fid"] == pytest.approx(by_images["fid"], abs=1e-6)
     assert by_stats["kid_mean"] is None and "mu/sigma" in by_stats["kid_reason"]
 
 
-def test_nll_of_the_checkpoint_on_test_images_needs_no_inception(run, monkeypatch, tmp_path):
+def test_nll_of_the_checkpoint_on_test_images_needs_no_inception(run, tmp_path):
     run_dir, module = run
-    monkeypatch.setattr(evaluate_script, "InceptionFeatures", lambda *a: pytest.fail("Inception is not needed"))
-    result = evaluate_script.evaluate(config(f"ckpt_path={run_dir}/checkpoints/last.ckpt", "metrics=[nll]", "num_samples=2",
-                                             "nll.num_images=3", "nll.batch_size=2", f"out_dir={tmp_path}"))
+    nowhere = f"inception_weights={tmp_path}/nowhere.pth"  # a ConfigError if the Inception network were built
+    result = evaluate(config(f"ckpt_path={run_dir}/checkpoints/last.ckpt", "metrics=[nll]", "num_samples=2",
+                             "nll.num_images=3", "nll.batch_size=2", f"out_dir={tmp_path}", nowhere))
     assert result["nll_num_images"] == 3 and np.isfinite(result["nll_bpd"]) and result["nll_bpd"] > 0
     assert result["nll_bpd"] > result["nll_prior_bpd"] + result["nll_decoder_bpd"] - 1e-9
     assert "fid" not in result
+
+
+def test_the_denoiser_can_be_changed_for_the_bound_and_for_sampling(run, standin, tmp_path):
+    run_dir, module = run
+    ckpt, large = f"ckpt_path={run_dir}/checkpoints/last.ckpt", "denoiser.variance=fixed_large"
+    nll = evaluate(config(ckpt, "metrics=[nll]", "nll.num_images=3", "nll.batch_size=3", large))
+    assert (run_dir / "eval" / "nll_fixed_large_3" / "metrics.json").is_file()  # named by the variance used
+    assert nll["denoiser"]["variance"] == "fixed_large"
+    test_set = instantiate(OmegaConf.load(run_dir / "config.yaml").data).test_dataset()  # MNIST's test split
+    for variance in ("fixed_large", "fixed_small"):  # the bound of the changed denoiser, not of the run's
+        expected = dataset_bpd(module.denoiser().replace(variance=variance), test_set, 3, 3, torch.Generator().manual_seed(0))
+        assert (nll["nll_bpd"] == pytest.approx(expected["nll_bpd"], rel=1e-9)) == (variance == "fixed_large")
+
+    images = np.random.RandomState(0).randint(0, 256, (4, 28, 28, 1)).astype(np.uint8)
+    np.savez(tmp_path / "ref.npz", images=images)
+    sampled = evaluate(config(ckpt, large, "denoiser.clip_denoised=false", "num_samples=4", "batch_size=4",
+                              "metrics=[fid]", f"reference_path={tmp_path}/ref.npz"), standin)
+    assert sampled["denoiser"] == {"prediction_type": "epsilon", "clip_denoised": False, "variance": "fixed_large"}
+    with np.load(run_dir / "eval" / "ddpm_10_4_fixed_large_noclip" / "samples.npz") as f:  # beside the run's own
+        images = f["images"]
+    for variance in ("fixed_large", "fixed_small"):  # x_T and the noise of seed 0 through the changed denoiser
+        g = torch.Generator().manual_seed(0)
+        x_T = torch.randn((4, 1, 28, 28), generator=g)
+        denoiser = module.denoiser().replace(variance=variance, clip_denoised=False)
+        with torch.no_grad():
+            expected = to_uint8(DDPMSampler()(denoiser, module.schedule, x_T, g))
+        assert np.array_equal(images, expected) == (variance == "fixed_large")
+
+
+def test_load_run_gives_the_weights_and_names_what_it_cannot_read(run, tmp_path):
+    run_dir, module = run
+    loaded_dir, cfg, loaded = load_run(run_dir / "checkpoints" / "last.ckpt", {"variance": "fixed_large", "clip_denoised": None})
+    assert loaded_dir == run_dir and cfg.denoiser.variance == "fixed_large" and cfg.denoiser.clip_denoised is True
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), module.state_dict().values()))
+    assert loaded.denoiser().variance == "fixed_large"
+    assert not any(m.training for m in loaded.modules())  # dropout off, also for the bound
+    with pytest.raises(ConfigError, match="variance='fixed_medium' is not allowed"):
+        load_run(run_dir / "checkpoints" / "last.ckpt", {"variance": "fixed_medium"})
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config.yaml").write_text((run_dir / "config.yaml").read_text())
+    (tmp_path / "checkpoints" / "notes.ckpt").write_text("not a checkpoint\n")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "checkpoints" / "other.ckpt")
+    for name in ("notes.ckpt", "other.ckpt"):
+        with pytest.raises(ConfigError, match=re.escape(f"ckpt_path='{tmp_path}/checkpoints/{name}' cannot be read")) as err:
+            load_run(tmp_path / "checkpoints" / name)
+        assert "\n" not in str(err.value)
 
 
 def test_channels_last_and_bf16_sampling_give_nearly_the_fp32_images(run, standin, tmp_path):
@@ -135,14 +186,14 @@ def test_channels_last_and_bf16_sampling_give_nearly_the_fp32_images(run, standi
               "batch_size=4", "metrics=[fid]", "reference_count=50", f"reference_cache_dir={tmp_path}"]
     images = {}
     for name, extra in {"fp32": [], "fast": ["channels_last=true", "precision=bf16"]}.items():
-        result = evaluate_script.evaluate(config(*common, *extra, f"out_dir={tmp_path / name}"))
+        result = evaluate(config(*common, *extra, f"out_dir={tmp_path / name}"), standin)
         assert result["precision"] == ("bf16" if extra else "fp32")
         with np.load(tmp_path / name / "samples.npz") as f:
             images[name] = f["images"].astype(np.float64)
     diff = np.abs(images["fast"] - images["fp32"])
     assert 0 < diff.mean() < 4.0  # of 255 levels: bf16 rounding (so autocast was on), but the same images
     with pytest.raises(ConfigError, match="precision='fp16' is not allowed"):
-        evaluate_script.evaluate(config(*common, "precision=fp16", f"out_dir={tmp_path / 'bad'}"))
+        evaluate(config(*common, "precision=fp16", f"out_dir={tmp_path / 'bad'}"), standin)
 
 
 @pytest.mark.parametrize(
@@ -152,18 +203,19 @@ def test_channels_last_and_bf16_sampling_give_nearly_the_fp32_images(run, standi
         (["ckpt_path=a.ckpt", "samples_path=b.npz"], "give exactly one"),
         (["samples_path=b.npz", "metrics=[nll]"], "needs ckpt_path"),
         (["samples_path=b.npz", "metrics=[fid,ssim]"], "'ssim'"),
-        (["ckpt_path=/nowhere/checkpoints/last.ckpt", "metrics=[nll]"], "is not a checkpoint"),
+        (["samples_path=b.npz", "denoiser.variance=fixed_large"], "denoiser.variance=fixed_large changes how a checkpoint"),
+        (["ckpt_path=/nowhere/checkpoints/last.ckpt", "metrics=[nll]"], "'/nowhere/checkpoints/last.ckpt' is not a checkpoint"),
     ],
 )
 def test_bad_requests_are_named(standin, overrides, match):
     with pytest.raises(ConfigError, match=match):
-        evaluate_script.evaluate(config(*overrides))
+        evaluate(config(*overrides), standin)
 
 
 def test_samples_without_a_reference_say_what_to_give(standin, tmp_path):
     np.savez(tmp_path / "s.npz", images=np.zeros((3, 8, 8, 1), np.uint8))
     with pytest.raises(ConfigError, match="reference_path=FILE.npz"):
-        evaluate_script.evaluate(config(f"samples_path={tmp_path}/s.npz"))
+        evaluate(config(f"samples_path={tmp_path}/s.npz"), standin)
 
 
 def test_missing_inception_weights_are_one_line_from_the_command_line(tmp_path):

@@ -10,21 +10,22 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers.logger import Logger
 
 from ddpm.data.datamodule import ImageDataModule
-from ddpm.data.images import digits, mnist
+from ddpm.data.images import TensorImageDataset, digits, mnist
+from ddpm.data.pixels import from_uint8, to_uint8
 from ddpm.errors import ConfigError
+from ddpm.evaluation.distances import frechet_distance, inception_score, kernel_inception_distance, score_images
+from ddpm.evaluation.feature_stats import FeatureStats
+from ddpm.evaluation.inception import INCEPTION_FILE, InceptionFeatures, extract_features, inception_weights_path
+from ddpm.evaluation.npz import check_images, load_npz, save_images_npz
+from ddpm.evaluation.reference import Shard, dataset_key, reference_statistics
+from ddpm.evaluation.sampling import generate_images
 from ddpm.training.callbacks.fid import FIDCallback, fid_name, lightning_shard
-from ddpm.evaluation.metrics import (
-    INCEPTION_FILE, FeatureStats, InceptionFeatures, Shard, check_images, dataset_key, extract_features,
-    frechet_distance, generate_images, inception_score, inception_weights_path, kernel_inception_distance, load_npz,
-    reference_statistics, save_images_npz, score_images, to_uint8,
-)
-from conftest import SHARED_DATA
-
-WEIGHTS = SHARED_DATA / "inception" / "weights-inception-2015-12-05-pool3.pth"
+from shared_data import INCEPTION_WEIGHTS, MNIST, require
+from standins import StandIn
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,22 +39,6 @@ def one_thread():
     with threadpool_limits(1):
         yield
     torch.set_num_threads(threads)
-
-
-class StandIn(torch.nn.Module):
-    """A fast stand-in for Inception: 16 features from 4x4 average pooling; optional fixed logits."""
-
-    def __init__(self, logits=None):
-        super().__init__()
-        self.logits, self.calls = logits, 0
-
-    def forward(self, x):
-        assert x.dtype == torch.uint8 and x.shape[1] == 3
-        self.calls += len(x)
-        pool = F.adaptive_avg_pool2d(x.double() / 255, 4)  # (N, 3, 4, 4), in [0, 1] like pool3 features
-        features = pool[:, 0].flatten(1) + 0.1 * pool[:, 1:].flatten(1).mean(1, keepdim=True)
-        logits = None if self.logits is None else self.logits[self.calls - len(x) : self.calls]
-        return {"pool3": features, "logits": logits}
 
 
 # ---- Frechet distance, KID, IS against closed forms and torch-fidelity --------------------------
@@ -156,8 +141,12 @@ def test_npz_round_trip_keys_layouts_and_statistics(tmp_path):
 
 def test_to_uint8_inverts_the_datasets_scaling():
     levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
-    x = levels.float() * (2.0 / 255) - 1  # as TensorImageDataset serves them
+    x = levels.float() * (2.0 / 255) - 1  # k * 2 / 255 - 1
+    assert torch.equal(TensorImageDataset(levels, torch.zeros(1))[0][0], x[0])  # as the datasets serve them
+    assert torch.equal(from_uint8(levels), x) and torch.equal(from_uint8(levels.numpy()), x)  # any layout, kept
     assert np.array_equal(to_uint8(x)[..., 0], levels[:, 0].numpy())
+    assert np.array_equal(to_uint8(from_uint8(levels.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)), levels.permute(0, 2, 3, 1).numpy())
+    assert to_uint8(torch.tensor([-3.0, -1.0, 1.0, 3.0]).view(1, 1, 2, 2)).ravel().tolist() == [0, 0, 255, 255]  # clamped
 
 
 def test_missing_inception_weights_say_what_to_set(tmp_path, monkeypatch):
@@ -168,8 +157,10 @@ def test_missing_inception_weights_say_what_to_set(tmp_path, monkeypatch):
     assert INCEPTION_FILE in str(err.value) and "inception_weights=" in str(err.value)
     with pytest.raises(ConfigError, match="nope.pth"):
         inception_weights_path(tmp_path / "nope.pth")
-    monkeypatch.setenv("DDPM_INCEPTION_WEIGHTS", str(WEIGHTS))
-    assert inception_weights_path(None) == WEIGHTS
+    weights = tmp_path / "pool3.pth"  # only found, never read
+    weights.write_bytes(b"")
+    monkeypatch.setenv("DDPM_INCEPTION_WEIGHTS", str(weights))
+    assert inception_weights_path(None) == weights
     cached = tmp_path / "hub" / "checkpoints" / INCEPTION_FILE
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"")
@@ -179,7 +170,7 @@ def test_missing_inception_weights_say_what_to_set(tmp_path, monkeypatch):
 
 # ---- reference statistics: cache, key, sharding -----------------------------------------------
 def digits_module():
-    return ImageDataModule(digits, image_size=8, channels=1, batch_size=16)
+    return ImageDataModule(digits, image_size=8, channels=1, batch_size=16, name="digits")
 
 
 def test_reference_statistics_are_cached_under_a_key_and_reused(tmp_path):
@@ -208,9 +199,12 @@ def test_dataset_key_names_folders_by_their_root(tmp_path):
     folder = ImageDataModule(partial(image_folder, image_size=16), image_size=16, channels=3, root=str(tmp_path / "faces"))
     key = dataset_key(folder, 500)
     assert key.startswith("image_folder-faces-") and key.endswith("-train-n500-3x16px")
-    mnist_a = ImageDataModule(partial(mnist), image_size=28, channels=1, root="/a")
-    mnist_b = ImageDataModule(partial(mnist), image_size=28, channels=1, root="/b")
+    assert dataset_key(ImageDataModule(partial(image_folder, image_size=16), 16, 3, root=str(tmp_path / "f2")), 500) != key
+    mnist_a = ImageDataModule(partial(mnist), image_size=28, channels=1, root="/a", name="mnist")
+    mnist_b = ImageDataModule(partial(mnist), image_size=28, channels=1, root="/b", name="mnist")
     assert dataset_key(mnist_a, 60000) == dataset_key(mnist_b, 60000) == "mnist-train-n60000-1x28px"
+    with pytest.raises(ConfigError, match="data.name=null and no data.root"):
+        dataset_key(ImageDataModule(digits, image_size=8, channels=1), 100)  # nothing to name it by
 
 
 class ThreadWorld:
@@ -256,15 +250,14 @@ N = 8  # images per set: about 3 s each through Inception on this CPU
 
 @pytest.fixture(scope="module")
 def mnist_sets(tmp_path_factory):
-    if not WEIGHTS.is_file():
-        pytest.skip(f"the Inception weights are not at {WEIGHTS}")
-    train, test = mnist(SHARED_DATA, train=True), mnist(SHARED_DATA, train=False)
+    root = require(*MNIST, INCEPTION_WEIGHTS)
+    train, test = mnist(root, train=True), mnist(root, train=False)
     sets = {
         "train": train.images[:N].permute(0, 2, 3, 1).numpy(),  # uint8 (N, 28, 28, 1): grayscale
         "test": test.images[:N].permute(0, 2, 3, 1).numpy(),
         "noise": np.random.RandomState(0).randint(0, 256, (N, 28, 28, 1)).astype(np.uint8),
     }
-    extractor = InceptionFeatures(WEIGHTS)
+    extractor = InceptionFeatures(root / INCEPTION_WEIGHTS)
     features = {k: extract_features(v, extractor, batch_size=N) for k, v in sets.items()}
     stats = {k: FeatureStats.from_features(f["pool3"]) for k, f in features.items()}
     # 2048-d Frechet distances take seconds each here: compute the three the tests need once
@@ -295,7 +288,7 @@ def test_fid_sanity_values_on_mnist(mnist_sets):
 def test_fid_and_kid_agree_with_torch_fidelity_on_the_same_npz_files(mnist_sets):
     import torch_fidelity
 
-    sets, features, fid, _, tmp = mnist_sets
+    sets, features, fid, extractor, tmp = mnist_sets
     samples, reference = save_images_npz(tmp / "samples.npz", sets["test"]), save_images_npz(tmp / "reference.npz", sets["train"])
     # our numbers for these files: the fixture's features are of exactly these arrays
     assert np.array_equal(load_npz(samples), sets["test"]) and np.array_equal(load_npz(reference), sets["train"])
@@ -313,7 +306,7 @@ def test_fid_and_kid_agree_with_torch_fidelity_on_the_same_npz_files(mnist_sets)
 
     theirs = torch_fidelity.calculate_metrics(
         input1=Uint8RGB(samples), input2=Uint8RGB(reference), fid=True, kid=True, kid_subsets=3, kid_subset_size=N,
-        feature_extractor_weights_path=str(WEIGHTS), cuda=False, cache=False, save_cpu_ram=True, verbose=False,
+        feature_extractor_weights_path=str(extractor.weights_path), cuda=False, cache=False, save_cpu_ram=True, verbose=False,
     )
     assert fid["test", "train"] == pytest.approx(theirs["frechet_inception_distance"], rel=0.01)
     assert fid["test", "train"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-4)  # in fact far closer
@@ -354,7 +347,9 @@ def test_fid_callback_logs_one_number_equal_to_an_independent_computation(tmp_pa
     extractor, logger = StandIn(), Capture()
     callback = FIDCallback(every_n_steps=2, num_samples=6, batch_size=4, sampler=DDIMSampler(3), seed=5,
                            reference_count=64, cache_dir=str(tmp_path), feature_extractor=extractor)
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=logger, callbacks=[callback], enable_checkpointing=False,
+    # a checkpoint that monitors the FID (at step 2, not a logging step): it sees the FID only if it was published
+    best = ModelCheckpoint(dirpath=tmp_path / "checkpoints", monitor="val/fid_6", every_n_train_steps=2, save_top_k=1)
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=logger, callbacks=[callback, best], log_every_n_steps=50,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=datamodule)
 
@@ -366,6 +361,23 @@ def test_fid_callback_logs_one_number_equal_to_an_independent_computation(tmp_pa
     ref = load_npz(tmp_path / "digits-train-n64-1x8px.npz")
     assert fids[0][1] == pytest.approx(frechet_distance(stats.mu, stats.sigma, ref.mu, ref.sigma), rel=1e-9)
     assert trainer.callback_metrics["val/fid_6"].item() == pytest.approx(fids[0][1])
+    assert best.best_model_score.item() == pytest.approx(fids[0][1])
+    seconds = [m["val/fid_6_seconds"] for step, m in logger.logged if "val/fid_6_seconds" in m]
+    assert len(seconds) == 1 and seconds[0] > 0
+
+
+def test_fid_runs_at_every_multiple_of_its_steps_once_and_not_at_the_end():
+    class FakeTrainer:
+        global_step = 0
+
+    callback, trainer, steps = FIDCallback(every_n_steps=2, feature_extractor=StandIn()), FakeTrainer(), []
+    callback.run = lambda trainer, pl_module: steps.append(trainer.global_step)
+    for trainer.global_step in (1, 2, 2, 3, 4, 4, 5):  # a step repeats under gradient accumulation
+        callback.on_train_batch_end(trainer, None, None, None, 0)
+    callback.on_train_end(trainer, None)  # training stopped at step 5
+    assert steps == [2, 4]
+    with pytest.raises(ConfigError, match="every_n_steps >= 1"):
+        FIDCallback(every_n_steps=0)
 
 
 def test_the_callback_gathers_each_ranks_rows_once_and_drops_the_padding():

@@ -3,7 +3,6 @@
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from conftest import run_script
 from ddpm.data.points import PointDataModule, gaussians8, moons, spiral, swiss_roll
@@ -11,7 +10,7 @@ from ddpm.evaluation.point_distances import mmd, nn_distance
 from ddpm.nets.mlp import MLPDenoiser
 from ddpm.training.callbacks.toy_plots import ToyPlots, with_noise_scale
 from ddpm.errors import ConfigError
-from ddpm.runs.build import build_module
+from ddpm.runs.load import load_run
 
 DATASETS = [spiral, moons, swiss_roll, gaussians8]
 N = 2000  # points per compared set
@@ -79,9 +78,7 @@ def trained(tmp_path_factory):
         "logger=none",
         f"hydra.run.dir={run_dir}",
     )
-    module = build_module(OmegaConf.load(run_dir / "config.yaml"))
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    module.load_state_dict(ckpt["state_dict"])
+    _, _, module = load_run(run_dir / "checkpoints" / "last.ckpt")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the experiment trains: faster for this tiny MLP
     yield run_dir, module
@@ -136,16 +133,32 @@ def test_sampling_without_noise_collapses_to_one_point(trained, references):
     assert mmd(quiet, data) > 0.5 * ref["noise"][1] > 5 * mmd(normal, data)
 
 
-def test_toy_plots_draws_the_four_figures_from_a_module(trained, tmp_path):
-    from ddpm.plots import schedules as plots
+def test_toy_plots_draws_the_four_figures_from_a_module(trained, tmp_path, monkeypatch):
+    from ddpm.plots import toy
+    from ddpm.plots.figures import save_figure
 
     _, module = trained
+    scores = []  # the score the field figure is drawn from
+    draw_field = toy.vector_field_figure
+    monkeypatch.setattr(toy, "vector_field_figure", lambda score, *args: scores.append(score) or draw_field(score, *args))
     points = spiral(400, torch.Generator().manual_seed(0))
-    figures = ToyPlots(num_samples=200, num_trajectories=3).figures(module, points, plots)
+    figures = ToyPlots(num_samples=200, num_trajectories=3).figures(module, points)
     assert sorted(figures) == ["field", "noise_free", "samples", "trajectories"]
-    image = plots.save_figure(figures["field"], tmp_path / "field.png")
+    image = save_figure(figures["field"], tmp_path / "field.png")
     assert image.ndim == 3 and image.shape[0] == 3 and 0 <= image.min() and image.max() <= 1
     assert (tmp_path / "field.png").stat().st_size > 10_000
+
+    # The field is -eps_hat / sqrt(1 - abar_t) of the network itself, not of the clipping denoiser
+    # that samples: outside the data square at small t, x0_hat leaves [-1, 1] and clipping it
+    # would change eps_hat.
+    (score,) = scores
+    x, t_int = torch.tensor([[1.5, 1.5], [-1.5, 0.0]]), 2  # (2, 2)
+    t = torch.full((2,), t_int)
+    clipped, unclipped = (module.denoiser(use_ema=True).replace(clip_denoised=c)(x, t) for c in (True, False))
+    assert (clipped.x0 != unclipped.x0).any(dim=1).all()  # both points have an x0_hat outside [-1, 1]
+    scale = module.schedule.sqrt_one_minus_alphas_cumprod[t_int]
+    assert torch.allclose(score(x, t_int), -unclipped.eps / scale)
+    assert not torch.allclose(score(x, t_int), -clipped.eps / scale, rtol=0.1)
 
 
 def test_toy_plots_rejects_bad_arguments():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -29,6 +31,9 @@ class ImageDataModule(L.LightningDataModule):
             in memory as a tensor of at most ``max_device_bytes`` (MNIST, CIFAR-10, digits; not
             image folders).
         max_device_bytes: the size limit of ``on_device="auto"`` (uint8 bytes, default 4 GiB).
+        name: what the images are, for files computed from them (cached FID reference statistics):
+            ``mnist``, ``cifar10``, ... for a dataset that holds the same images under any root;
+            None for a folder of images, named by its root instead (see :attr:`dataset_name`).
     """
 
     def __init__(
@@ -43,6 +48,7 @@ class ImageDataModule(L.LightningDataModule):
         download: bool | None = None,
         on_device: bool | str = "auto",
         max_device_bytes: int = 4 * 2**30,
+        name: str | None = None,
     ):
         super().__init__()
         self.on_device = check_choice("data.on_device", on_device, (True, False, "auto"))
@@ -52,11 +58,24 @@ class ImageDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.hflip = batch_size, num_workers, hflip
         self.dataset_kwargs = {k: v for k, v in (("root", root), ("download", download)) if v is not None}
         self.train_set: Dataset | None = None
+        self.name = name
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
         """The shape of one training image, (C, H, W)."""
         return (self.channels, self.image_size, self.image_size)
+
+    @property
+    def dataset_name(self) -> str:
+        """The images' name in cache files: ``name`` when given, else (a folder) ``image_folder-<root's
+        folder name>-<first 8 hex digits of the sha1 of its absolute path>``."""
+        if self.name:
+            return self.name
+        root = self.dataset_kwargs.get("root")
+        if root is None:
+            raise DataError("data.name=null and no data.root: name the dataset (data.name=NAME) to cache statistics of it")
+        root = Path(root).expanduser().absolute()
+        return f"image_folder-{root.name}-{hashlib.sha1(str(root).encode()).hexdigest()[:8]}"
 
     def setup(self, stage: str | None = None) -> None:
         """Builds the dataset once and checks it against the declared shape and batch size."""

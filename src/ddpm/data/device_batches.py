@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from ddpm.data.images import TensorImageDataset
+from ddpm.data.pixels import from_uint8
 
 
 class DeviceBatches:
@@ -34,7 +35,7 @@ class DeviceBatches:
         self.device = torch.device(device)
         self.images = dataset.images.to(self.device)  # (N, C, H, W) uint8
         self.labels = dataset.labels.to(self.device)  # (N,)
-        self.scale = 2.0 / dataset.max_value
+        self.max_value = dataset.max_value
         self.batch_size, self.hflip = batch_size, hflip
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = epoch or self._count_epochs
@@ -55,7 +56,7 @@ class DeviceBatches:
         order = order[self.rank :: self.world_size]
         for i in range(len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
-            images = self.images[index].float() * self.scale - 1.0  # (B, C, H, W) in [-1, 1]
+            images = from_uint8(self.images[index], self.max_value)  # (B, C, H, W) in [-1, 1]
             if self.hflip:
                 flip = torch.rand(len(index), generator=self._flip, device=self.device) < 0.5
                 images = torch.where(flip[:, None, None, None], images.flip(-1), images)

@@ -20,6 +20,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ddpm.data.pixels import from_uint8
 from ddpm.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
@@ -50,7 +51,7 @@ class TensorImageDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = self.images[index].float() * (2.0 / self.max_value) - 1.0
+        image = from_uint8(self.images[index], self.max_value)
         return image, int(self.labels[index])
 
 
@@ -227,7 +228,7 @@ class ImageFolderDataset(Dataset):
             hint = "set data.dataset.skip_bad_files=true to skip such files"
             raise DataError(f"cannot decode image '{path}': {e} ({hint})") from e
         img = TF.center_crop(TF.resize(img, self.image_size), self.image_size)
-        return TF.pil_to_tensor(img).float() / 127.5 - 1.0, self.labels[index]
+        return from_uint8(TF.pil_to_tensor(img)), self.labels[index]
 
 
 def image_folder(

@@ -50,6 +50,10 @@ def upgrade_run_config(cfg: DictConfig) -> DictConfig:
     cfg = cfg.copy()
     with open_dict(cfg):
         _retarget(cfg)
+        data = cfg.get("data")
+        if data is not None and data.get("_target_") == "ddpm.data.datamodule.ImageDataModule" and "name" not in data:
+            builder = data.dataset._target_.rpartition(".")[2]  # the dataset's name keys its reference statistics
+            data.name = None if builder == "image_folder" else builder
         if "denoiser" not in cfg:  # prediction type from the loss, clipping and variance from the sampler
             sampler = cfg.get("sampler") or {}
             cfg.denoiser = {

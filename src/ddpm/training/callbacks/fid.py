@@ -9,10 +9,12 @@ import torch
 from torch import Tensor
 
 from ddpm.errors import ConfigError
-from ddpm.evaluation.metrics import (
-    Extractor, FeatureStats, InceptionFeatures, Shard, extract_features, frechet_distance, generate_images,
-    load_npz, reference_statistics,
-)
+from ddpm.evaluation.distances import frechet_distance
+from ddpm.evaluation.feature_stats import FeatureStats
+from ddpm.evaluation.inception import Extractor, InceptionFeatures, extract_features
+from ddpm.evaluation.reference import Shard, reference_from_file, reference_statistics
+from ddpm.evaluation.sampling import generate_images
+from ddpm.training.callbacks.periodic import EveryNSteps
 
 
 def fid_name(num_samples: int) -> str:
@@ -38,14 +40,16 @@ def lightning_shard(trainer: L.Trainer, pl_module: L.LightningModule) -> Shard:
     return Shard(trainer.global_rank, trainer.world_size, all_sum, gather_rows)
 
 
-class FIDCallback(L.Callback):
-    """Every ``every_n_steps`` optimizer steps, the FID of ``num_samples`` EMA samples, logged as
-    ``val/fid_5k`` (the sample count in the name) to every logger.
+class FIDCallback(EveryNSteps):
+    """Every ``every_n_steps`` optimizer steps (and not at the end of training unless it falls on one),
+    the FID of ``num_samples`` EMA samples, logged as ``val/fid_5k`` (the sample count in the name)
+    to every logger and published with ``pl_module.log`` (for ``ModelCheckpoint(monitor="val/fid_5k")``).
 
     Under DDP each rank samples its share (its own seed), the features are gathered once, and
     every rank computes the same number; rank 0's loggers write it. The reference statistics are
     computed once (split over the ranks) from the datamodule's training images, or read from
-    ``reference_path``, and cached like ``evaluate.py``'s.
+    ``reference_path``, and cached like ``evaluate.py``'s. Each evaluation also logs its duration as
+    ``val/fid_5k_seconds``.
 
     Args:
         every_n_steps: steps between evaluations.
@@ -53,7 +57,7 @@ class FIDCallback(L.Callback):
         batch_size: sampling and Inception batch size per rank.
         sampler: the sampler to use (e.g. a DDIMSampler for speed); None: the module's own.
         seed: seed of the samples, the same at every evaluation, so changes come from the model.
-        inception_weights: the Inception weights file (see ``ddpm.metrics.inception_weights_path``).
+        inception_weights: the Inception weights file (see ``ddpm.evaluation.inception.inception_weights_path``).
         reference_path: an .npz of uint8 images or of mu/sigma; None: the training set.
         reference_count: training images for the reference (None: all).
         cache_dir: where reference statistics are cached (None: not cached).
@@ -78,7 +82,8 @@ class FIDCallback(L.Callback):
                 f"every_n_steps={every_n_steps!r}, num_samples={num_samples!r}, batch_size={batch_size!r}: "
                 "need every_n_steps >= 1, num_samples >= 2, batch_size >= 1"
             )
-        self.every_n_steps, self.num_samples, self.batch_size = every_n_steps, num_samples, batch_size
+        super().__init__(every_n_steps)
+        self.num_samples, self.batch_size = num_samples, batch_size
         self.sampler, self.seed = sampler, seed
         self.inception_weights, self.reference_path = inception_weights, reference_path
         self.reference_count, self.cache_dir = reference_count, cache_dir
@@ -86,26 +91,29 @@ class FIDCallback(L.Callback):
         self.reference: FeatureStats | None = None
         self.name = fid_name(num_samples)
         self.last: float | None = None
-        self._last_step = -1
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.extractor is None:  # fail at the start, not hours in, when the weights are missing
             self.extractor = InceptionFeatures(self.inception_weights)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step % self.every_n_steps == 0 and step != self._last_step:
-            self._last_step = step
-            self.evaluate(trainer, pl_module)
+    def run(self, trainer, pl_module) -> None:
+        """Evaluate, then send the FID and its seconds to the loggers and the other callbacks."""
+        start = time.perf_counter()
+        fid = self.evaluate(trainer, pl_module)
+        metrics = {self.name: fid, f"{self.name}_seconds": time.perf_counter() - start}
+        # Lightning sends what pl_module.log collects to the loggers only on its logging steps
+        # (every log_every_n_steps), so the loggers get the numbers here, at the step they belong
+        # to (rank 0 writes), and pl_module.log publishes them to the other callbacks through
+        # trainer.callback_metrics. Every rank logs: each holds the same FID, so monitors agree.
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        pl_module.log_dict(metrics, logger=False, rank_zero_only=False)
 
     def _reference(self, trainer, pl_module, shard: Shard) -> FeatureStats:
         if self.reference is None:
             if self.reference_path:
-                ref = load_npz(self.reference_path)
-                if not isinstance(ref, FeatureStats):
-                    features = extract_features(ref, self.extractor, self.batch_size, pl_module.device)["pool3"]
-                    ref = FeatureStats.from_features(features)
-                self.reference = ref
+                self.reference = reference_from_file(self.reference_path, self.extractor, None, self.batch_size,
+                                                     pl_module.device)
             else:
                 self.reference = reference_statistics(
                     trainer.datamodule, self.extractor, self.reference_count, self.cache_dir,
@@ -115,8 +123,7 @@ class FIDCallback(L.Callback):
 
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module) -> float:
-        """Sample this rank's share, gather the features, log and return the FID."""
-        start = time.perf_counter()
+        """Sample this rank's share, gather the features and return the FID (the same on every rank)."""
         if isinstance(self.extractor, torch.nn.Module):
             self.extractor.to(pl_module.device)
         shard = lightning_shard(trainer, pl_module)
@@ -129,10 +136,6 @@ class FIDCallback(L.Callback):
         features = shard.gather_rows(local, sizes).cpu().numpy()  # (K, D), the one gather
         stats = FeatureStats.from_features(features)
         self.last = frechet_distance(stats.mu, stats.sigma, reference.mu, reference.sigma)
-        metrics = {self.name: self.last, f"{self.name}_seconds": time.perf_counter() - start}
-        for logger in trainer.loggers:  # loggers write on rank 0 only
-            logger.log_metrics(metrics, step=trainer.global_step)
-        trainer.callback_metrics[self.name] = torch.tensor(self.last)  # e.g. for ModelCheckpoint(monitor=...)
         return self.last
 
 

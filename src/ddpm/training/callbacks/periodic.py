@@ -1,4 +1,4 @@
-"""What the drawing callbacks share: a schedule of steps to draw at, and sending images to the loggers."""
+"""What the periodic callbacks share: a schedule of optimizer steps to act at, and sending images to the loggers."""
 
 from __future__ import annotations
 
@@ -18,27 +18,41 @@ def log_image(trainer: L.Trainer, key: str, image: Tensor, step: int) -> None:
             logger.experiment.add_image(key, image.float().cpu(), global_step=step)
 
 
-class PeriodicDrawing(L.Callback):
-    """Calls ``draw(trainer, pl_module)`` every ``every_n_steps`` optimizer steps (0: never) and once
-    more at the end of training, unless the last step was just drawn. ``draw`` runs on rank zero."""
+class EveryNSteps(L.Callback):
+    """Calls ``run(trainer, pl_module)`` on every rank after each optimizer step that is a multiple of
+    ``every_n_steps`` (0: never), once per step (a step spans several batches under gradient accumulation)."""
 
     def __init__(self, every_n_steps: int):
-        if every_n_steps < 0:
-            raise ConfigError(f"every_n_steps={every_n_steps!r} is not allowed: use 0 (only at the end) or more")
         self.every_n_steps = every_n_steps
         self._last_step = -1
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step:
-            self._draw_once(trainer, pl_module)
+            self._run_once(trainer, pl_module)
+
+    def _run_once(self, trainer: L.Trainer, pl_module) -> None:
+        self._last_step = trainer.global_step
+        self.run(trainer, pl_module)
+
+    def run(self, trainer: L.Trainer, pl_module) -> None:
+        raise NotImplementedError
+
+
+class PeriodicDrawing(EveryNSteps):
+    """Calls ``draw(trainer, pl_module)`` every ``every_n_steps`` optimizer steps (0: never) and once
+    more at the end of training, unless the last step was just drawn. ``draw`` runs on rank zero."""
+
+    def __init__(self, every_n_steps: int):
+        if every_n_steps < 0:
+            raise ConfigError(f"every_n_steps={every_n_steps!r} is not allowed: use 0 (only at the end) or more")
+        super().__init__(every_n_steps)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.global_step != self._last_step:
-            self._draw_once(trainer, pl_module)
+            self._run_once(trainer, pl_module)
 
-    def _draw_once(self, trainer: L.Trainer, pl_module) -> None:
-        self._last_step = trainer.global_step
+    def run(self, trainer: L.Trainer, pl_module) -> None:
         rank_zero_only(self.draw)(trainer, pl_module)
 
     def draw(self, trainer: L.Trainer, pl_module) -> None:

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from ddpm.diffusion.denoiser import at_timestep
 from ddpm.diffusion.samplers import DDPMSampler
 from ddpm.errors import ConfigError
 from ddpm.evaluation.point_distances import nn_distance
@@ -89,17 +90,19 @@ class ToyPlots(PeriodicDrawing):
             raise ConfigError(f"ToyPlots needs {need}, got {have}")
 
     def draw(self, trainer: L.Trainer, pl_module) -> None:
-        from ddpm.plots import schedules as plots  # matplotlib is imported only when a picture is drawn
+        from ddpm.plots.figures import save_figure  # matplotlib is imported only when a picture is drawn
 
         step = trainer.global_step
-        figures = self.figures(pl_module, trainer.datamodule.points, plots)
+        figures = self.figures(pl_module, trainer.datamodule.points)
         for name, fig in figures.items():
             self.last_paths[name] = path = Path(trainer.default_root_dir) / "plots" / f"{name}_step_{step:07d}.png"
-            log_image(trainer, f"toy/{name}", plots.save_figure(fig, path), step)
+            log_image(trainer, f"toy/{name}", save_figure(fig, path), step)
 
     @torch.no_grad()
-    def figures(self, pl_module, points: Tensor, plots) -> dict:
-        """The four figures of the model against the first ``num_samples`` of ``points`` (N, 2)."""
+    def figures(self, pl_module, points: Tensor) -> dict:
+        """The four matplotlib figures of the model against the first ``num_samples`` of ``points`` (N, 2)."""
+        from ddpm.plots.toy import points_figure, trajectories_figure, vector_field_figure
+
         n, schedule = self.num_samples, pl_module.schedule
         data, second_draw = points[:n], points[n : 2 * n]
 
@@ -117,15 +120,18 @@ class ToyPlots(PeriodicDrawing):
         x_0 = pl_module.sampler(recording(denoiser, states), schedule, x_T, generator())
         states.append(x_0.cpu())
 
+        # The field is the network's own eps_hat: clipping x0_hat to [-1, 1] would recompute eps_hat
+        # from the clipped x0_hat and bend the arrows wherever x0_hat leaves the data square.
+        unclipped = denoiser.replace(clip_denoised=False)
+
         def score(x: Tensor, t_int: int) -> Tensor:
             """The implied score grad log p_t(x) = -eps_hat / sqrt(1 - abar_t) at points x (N, 2)."""
-            x = x.to(pl_module.device)
-            t = torch.full((len(x),), t_int, device=x.device, dtype=torch.long)
-            return (-denoiser(x, t)[1] / schedule.sqrt_one_minus_alphas_cumprod[t_int]).cpu()
+            eps = at_timestep(unclipped, x.to(pl_module.device), t_int).eps  # (N, 2)
+            return (-eps / schedule.sqrt_one_minus_alphas_cumprod[t_int]).cpu()
 
         T = schedule.num_timesteps
         times = sorted({round(f * (T - 1)) for f in self.field_times}, reverse=True)
-        field = plots.vector_field_figure(score, times, schedule, data)
+        field = vector_field_figure(score, times, schedule, data)
         pl_module.train(was_training)
 
         references = {"another draw of the data": second_draw, "N(0, I)": torch.randn(n, 2, generator=generator())}
@@ -133,8 +139,8 @@ class ToyPlots(PeriodicDrawing):
         name = type(pl_module.sampler).__name__
         both = {"DDPM (noise_scale=1)": normal, "posterior mean only (noise_scale=0)": quiet}
         return {
-            "samples": plots.points_figure(data, {f"{name} samples": states[-1]}, nn_distance, references),
+            "samples": points_figure(data, {f"{name} samples": states[-1]}, nn_distance, references),
             "field": field,
-            "trajectories": plots.trajectories_figure(states, times, data, self.num_trajectories),
-            "noise_free": plots.points_figure(data, both, nn_distance, references),
+            "trajectories": trajectories_figure(states, times, data, self.num_trajectories),
+            "noise_free": points_figure(data, both, nn_distance, references),
         }
