@@ -7,15 +7,18 @@
 
 Every system gets random images already on the device, the same batch, bf16 autocast (fp32 on the
 CPU) and is timed eager and compiled (``torch.compile``). One training step is:
-  ours:  forward, epsilon-MSE loss (ddpm.losses.SimpleLoss), backward, grad-norm clip 1.0, fused
-         Adam, EMA update (ddpm.ema) -- exactly what train.py's step does, channels-last;
-  peers: forward, epsilon-MSE loss, backward, fused Adam (no clip, no EMA: less work than ours).
-Sampling is each system's own DDIM loop (ours: ddpm.samplers.DDIMSampler; diffusers: DDIMScheduler;
-denoising-diffusion-pytorch: GaussianDiffusion.ddim_sample), reported in network evaluations per
-second (images x steps / seconds). MFU = model FLOPs per second (3x the forward for training,
-counted by torch's FlopCounterMode) over the matmul peak measured here in the same precision.
+  ours:  the DiffusionModule's own compute_loss (epsilon-MSE), backward, grad-norm clip 1.0, fused
+         Adam from configure_optimizers, EMA update -- train.py's step minus logging, channels-last
+         (benchmarks/ours.py);
+  peers: forward, epsilon-MSE loss, backward, fused Adam (no clip, no EMA: less work than ours;
+         benchmarks/peers.py).
+Sampling is each system's own DDIM loop (ours: ddpm.diffusion.samplers.DDIMSampler; diffusers:
+DDIMScheduler; denoising-diffusion-pytorch: GaussianDiffusion.ddim_sample), reported in network
+evaluations per second (images x steps / seconds). MFU = model FLOPs per second (3x the forward for
+training, counted by torch's FlopCounterMode) over the matmul peak measured here in the same precision.
 
-Before timing, each fast configuration is checked against the same network in fp32 eager on one
+Before timing, each fast configuration is checked against the same weights in fp32 eager (an
+uncompiled NCHW twin of the network, loaded with its state dict: benchmarks/system.py) on one
 random batch (relative L2 error of the output, column `err`); a check above --max-err fails the run.
 Times are medians over --repeats windows of --steps steps each, after --warmup steps (compilation).
 """
@@ -24,158 +27,32 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
-import functools
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # the peers' samplers draw progress bars
+os.environ.setdefault("TQDM_DISABLE", "1")  # the peers' samplers draw progress bars; tqdm reads this on import
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from ddpm.diffusion import schedules  # noqa
-from ddpm.diffusion.denoiser import Denoiser  # noqa: E402
-from ddpm.training.module import DiffusionModule  # noqa: E402
-from ddpm.diffusion.losses import SimpleLoss  # noqa: E402
 from ddpm.training.perf import forward_flops, matmul_peak_flops  # noqa: E402
-from ddpm.diffusion.samplers import DDIMSampler  # noqa: E402
-from ddpm.nets.unet import UNet  # noqa: E402
+from ours import build_ours  # noqa: E402
+from peers import IMPORT_NAMES, build_diffusers, build_lucidrains  # noqa: E402
+from system import System  # noqa: E402
 
 # The DDPM CIFAR-10 network (Ho et al. 2020): conf/model/unet_cifar10.yaml
 FULL = dict(image_size=32, channels=3, base=128, mult=(1, 2, 2, 2), blocks=2, attn=(16,), batch=128)
 QUICK = dict(image_size=16, channels=3, base=32, mult=(1, 2), blocks=1, attn=(8,), batch=4)
-
-
-@dataclass
-class System:
-    """One implementation: its network, a training step and a sampling loop, for one mode."""
-
-    name: str
-    net: nn.Module
-    train_step: callable  # (x0) -> None
-    sample: callable  # (x_T, steps) -> images
-    forward: callable  # (net, x, t) -> eps prediction (for the check and the FLOP count)
-    channels_last: bool = False
-    notes: str = ""
-    fast: nn.Module | None = None  # what the timed code calls, when it is not ``net`` (a torch.compile wrapper)
-
-
-# ---- the systems --------------------------------------------------------------------------------
-def build_ours(arch: dict, device, channels_last: bool, compile_mode: str | None, autocast) -> System:
-    """The DiffusionModule train.py builds, with its own speed switches, loss, EMA and denoiser."""
-    net = UNet(arch["image_size"], arch["channels"], arch["base"], arch["mult"], arch["blocks"], arch["attn"], 0.1)
-    module = DiffusionModule(
-        net, schedules.linear(num_timesteps=1000), Denoiser, SimpleLoss(), DDIMSampler(20),
-        functools.partial(torch.optim.Adam, lr=2e-4, fused=True),  # conf/optimizer/adam.yaml
-        sample_shape=(arch["channels"], arch["image_size"], arch["image_size"]), ema_decay=0.9999,
-        channels_last=channels_last, compile=compile_mode,
-    ).to(device)
-    module.speed_up(channels_last=channels_last, compile_mode=compile_mode)  # what setup() does under the Trainer
-    opt = module.configure_optimizers()["optimizer"]
-    noise = torch.Generator(device).manual_seed(0)
-
-    def train_step(x0):  # DiffusionModule.training_step + Lightning's clip + optimizer_step, minus logging
-        x0 = x0.contiguous(memory_format=module.memory_format)
-        with autocast():
-            per_sample, _ = module.loss(module.denoiser(use_ema=False), x0, noise)
-        per_sample.mean().backward()
-        torch.nn.utils.clip_grad_norm_(module.net.parameters(), 1.0)  # train.py: trainer.gradient_clip_val=1.0
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        module.ema.update_parameters(module.net)
-
-    def sample(x_T, steps):
-        with torch.inference_mode(), autocast():
-            x_T = x_T.contiguous(memory_format=module.memory_format)
-            return DDIMSampler(steps)(module.denoiser(use_ema=True), module.schedule, x_T, noise)
-
-    return System("ours", module.net, train_step, sample, lambda m, x, t: m(x, t), channels_last,
-                  "step incl. clip + EMA")
-
-
-def build_diffusers(arch: dict, device, channels_last: bool, compile_mode: str | None, autocast) -> System:
-    from diffusers import DDIMScheduler, UNet2DModel
-
-    n = len(arch["mult"])
-    attn_level = [arch["image_size"] // 2**i in arch["attn"] for i in range(n)]
-    net = UNet2DModel(  # google/ddpm-cifar10-32's configuration
-        sample_size=arch["image_size"], in_channels=arch["channels"], out_channels=arch["channels"],
-        block_out_channels=tuple(arch["base"] * m for m in arch["mult"]), layers_per_block=arch["blocks"],
-        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn_level),
-        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn_level)),
-        norm_eps=1e-6, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, dropout=0.1,
-    ).to(device)
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
-    fwd = net
-    if compile_mode:
-        fwd = torch.compile(net, mode=compile_mode)
-    opt = torch.optim.Adam(net.parameters(), lr=2e-4, fused=True)
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True)
-
-    def train_step(x0):
-        eps = torch.randn_like(x0)
-        t = torch.randint(0, 1000, (x0.shape[0],), device=x0.device)
-        with autocast():
-            x_t = scheduler.add_noise(x0, eps, t)
-            loss = F.mse_loss(fwd(x_t, t).sample.float(), eps)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    def sample(x, steps):
-        scheduler.set_timesteps(steps)
-        with torch.inference_mode(), autocast():
-            for t in scheduler.timesteps:
-                eps = fwd(x, t).sample
-                x = scheduler.step(eps, t, x).prev_sample
-        return x
-
-    return System("diffusers", net, train_step, sample, lambda m, x, t: m(x, t).sample, channels_last,
-                  "UNet2DModel, DDIMScheduler", fast=fwd)
-
-
-def build_lucidrains(arch: dict, device, channels_last: bool, compile_mode: str | None, autocast) -> System:
-    from denoising_diffusion_pytorch import GaussianDiffusion, Unet
-
-    net = Unet(dim=arch["base"], dim_mults=arch["mult"], channels=arch["channels"], dropout=0.1, flash_attn=True)
-    diffusion = GaussianDiffusion(net, image_size=arch["image_size"], timesteps=1000, beta_schedule="linear",
-                                  objective="pred_noise", auto_normalize=False).to(device)
-    if channels_last:
-        diffusion.to(memory_format=torch.channels_last)
-    if compile_mode:
-        net.compile(mode=compile_mode)
-    opt = torch.optim.Adam(net.parameters(), lr=2e-4, fused=True)
-
-    def train_step(x0):
-        with autocast():
-            loss = diffusion(x0)  # its own forward: t, noise, q_sample, network, MSE
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    def sample(x, steps):
-        diffusion.sampling_timesteps = steps
-        with torch.inference_mode(), autocast():
-            return diffusion.ddim_sample(x.shape, return_all_timesteps=False)
-
-    return System("denoising-diffusion-pytorch", net, train_step, sample, lambda m, x, t: m(x, t), channels_last,
-                  "Unet (its own layout, not DDPM's), own DDIM")
-
 
 SYSTEMS = {"ours": build_ours, "diffusers": build_diffusers, "lucidrains": build_lucidrains}
 
@@ -199,14 +76,6 @@ def timed(fn, device, steps: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def eager_fp32_copy(net: nn.Module) -> nn.Module:
-    """The same weights as an uncompiled fp32 NCHW network: the reference of the checks."""
-    reference = copy.deepcopy(net).to(memory_format=torch.contiguous_format).float()
-    for m in reference.modules():  # nn.Module.compile() sets this on the module it was called on
-        m._compiled_call_impl = None
-    return reference
-
-
 def relative_error(system: System, reference: nn.Module, arch: dict, device, autocast) -> float:
     """||fast(x) - fp32 eager(x)|| / ||fp32 eager(x)|| on one random batch (eval mode, no dropout)."""
     g = torch.Generator(device).manual_seed(1)
@@ -218,7 +87,8 @@ def relative_error(system: System, reference: nn.Module, arch: dict, device, aut
         want = system.forward(reference, x, t).double()
         with autocast():
             xf = x.contiguous(memory_format=torch.channels_last) if system.channels_last else x
-            got = system.forward(system.fast or system.net, xf, t).double()
+            fast = system.net if system.fast is None else system.fast  # `or` would call len() on a compile wrapper
+            got = system.forward(fast, xf, t).double()
     system.net.train()
     return ((got - want).norm() / want.norm()).item()
 
@@ -231,7 +101,7 @@ def measure(name: str, mode: str, args, arch: dict, device, peak: float) -> dict
     system = SYSTEMS[name](arch, device, channels_last=(name == "ours" and not args.no_channels_last),
                           compile_mode=compile_mode, autocast=autocast)
     params = sum(p.numel() for p in system.net.parameters())
-    flops = forward_flops_of(system, eager_fp32_copy(system.net), arch, device)
+    flops = forward_flops_of(system, system.reference(), arch, device)
     g = torch.Generator(device).manual_seed(0)
     shape = (arch["batch"], arch["channels"], arch["image_size"], arch["image_size"])
     batches = [torch.rand(shape, generator=g, device=device) * 2 - 1 for _ in range(4)]  # rotate 4 batches
@@ -247,7 +117,7 @@ def measure(name: str, mode: str, args, arch: dict, device, peak: float) -> dict
         torch.cuda.reset_peak_memory_stats(device)
     train_s = timed(one_step, device, args.steps, args.repeats)
     peak_mem = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    err = relative_error(system, eager_fp32_copy(system.net), arch, device, autocast)  # the trained weights
+    err = relative_error(system, system.reference(), arch, device, autocast)  # the trained weights
 
     x_T = torch.randn(shape, generator=g, device=device)
     system.sample(x_T, args.sample_steps)  # warm-up: compilation for inference
@@ -356,7 +226,7 @@ def ratios(rows: list[dict]) -> list[str]:
 
 
 def importable(name: str) -> bool:
-    module = {"diffusers": "diffusers", "lucidrains": "denoising_diffusion_pytorch"}.get(name)
+    module = IMPORT_NAMES.get(name)
     if module is None:
         return True
     try:
