@@ -30,6 +30,7 @@ from ddpm.evaluation.reference import reference_from_file, reference_statistics
 from ddpm.evaluation.sampling import generate_images
 from ddpm.plots.grid import image_grid
 from ddpm.runs.load import load_run
+from ddpm.training.speed import resolve_speed
 
 SHOWN = ("fid", "kid_mean", "is", "nll_bpd", "images_per_second")  # printed; metrics.json has everything
 
@@ -121,8 +122,7 @@ def evaluate(cfg: DictConfig, feature_extractor: Extractor | None = None) -> dic
     if cfg.ckpt_path:  # 1. sample the run's EMA weights with the chosen sampler
         run_dir, run_cfg, module = load_run(cfg.ckpt_path, denoiser_changes(cfg))
         module.to(device)
-        channels_last = device.type == "cuda" if cfg.channels_last == "auto" else bool(cfg.channels_last)
-        module.speed_up(channels_last=channels_last, compile_mode=cfg.compile or None)
+        module.speed_up(*resolve_speed(cfg.channels_last, cfg.compile, device))  # "auto": on a GPU
         data_cfg = cfg.get("data") or run_cfg.data
         test_set = instantiate(data_cfg).test_dataset() if "nll" in metrics else None  # fail before sampling
         denoiser = module.denoiser()
