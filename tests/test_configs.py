@@ -1,23 +1,22 @@
-"""Every option of every config group composes with the rest and instantiates."""
-
-from pathlib import Path
+"""Every option of every config group composes with the rest and instantiates; experiments are diffs."""
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
 
-from conftest import ROOT, SHARED_DATA
-
-CONF = ROOT / "conf"
+from conftest import CONF, SHARED_DATA, compose_train
 
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-def compose_train(*overrides: str, tmp_path: Path):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("train", overrides=[f"paths.output_dir={tmp_path}", *overrides])
+def assert_built_from(obj, node) -> None:
+    """``obj`` is an instance of the class ``node._target_`` names, with the node's other values as attributes."""
+    assert isinstance(obj, get_class(node._target_))
+    for key, value in node.items():
+        if not key.startswith("_"):
+            assert getattr(obj, key) == value, key
 
 
 @pytest.mark.parametrize("name", options("schedule"))
@@ -28,7 +27,8 @@ def test_schedule_option_instantiates(name, tmp_path):
 
 @pytest.mark.parametrize("name", options("sampler"))
 def test_sampler_option_instantiates(name, tmp_path):
-    assert callable(instantiate(compose_train(f"sampler={name}", tmp_path=tmp_path).sampler))
+    cfg = compose_train(f"sampler={name}", tmp_path=tmp_path)
+    assert_built_from(instantiate(cfg.sampler), cfg.sampler)
 
 
 @pytest.mark.parametrize("name", options("optimizer"))
@@ -64,25 +64,112 @@ def test_logger_option_instantiates(name, tmp_path):
     assert logger is None if name == "none" else logger.save_dir == str(tmp_path)
 
 
+DEFAULT_CALLBACKS = ["sample_grid", "checkpoint", "lr_monitor", "throughput", "progress_bar"]
+
+
 @pytest.mark.parametrize("name", options("callbacks"))
 def test_callbacks_option_instantiates(name, tmp_path):
     cfg = compose_train(f"callbacks={name}", tmp_path=tmp_path)
-    assert all(instantiate(c) is not None for c in cfg.callbacks.values() if c is not None)
+    # a one-callback file gives the key of its name; default.yaml lists those files, fid.yaml adds one
+    assert list(cfg.callbacks) == {"default": DEFAULT_CALLBACKS, "fid": [*DEFAULT_CALLBACKS, "fid"]}.get(name, [name])
+    for key, node in cfg.callbacks.items():
+        assert isinstance(instantiate(node), get_class(node._target_)), key
+
+
+def test_default_callbacks_are_one_file_each_in_order(tmp_path):
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from ddpm.runs.train import build_trainer
+    from ddpm.training.callbacks.progress import StepProgressBar
+    from ddpm.training.callbacks.sample_grid import SampleGrid
+    from ddpm.training.callbacks.throughput import Throughput
+
+    cfg = compose_train(tmp_path=tmp_path)
+    assert list(cfg.callbacks) == DEFAULT_CALLBACKS
+    for key in DEFAULT_CALLBACKS:  # each is the whole of its own file
+        assert cfg.callbacks[key] == OmegaConf.load(CONF / "callbacks" / f"{key}.yaml")[key]
+    cfg = compose_train("callbacks.checkpoint.every_n_train_steps=3", "callbacks.progress_bar.refresh_rate=0",
+                        "trainer.accelerator=cpu", tmp_path=tmp_path)
+    classes = [SampleGrid, ModelCheckpoint, LearningRateMonitor, Throughput, StepProgressBar]
+    built = {type(c): c for c in build_trainer(cfg).callbacks}  # Lightning moves checkpointing last
+    assert set(classes) <= set(built)
+    assert built[ModelCheckpoint].dirpath == str(tmp_path / "checkpoints") and built[ModelCheckpoint]._every_n_train_steps == 3
+    assert built[Throughput].every_n_steps == built[Throughput].skip_steps == cfg.trainer.log_every_n_steps == 50
+    assert built[StepProgressBar].refresh_rate == 0 and not built[StepProgressBar].is_enabled
+
+
+@pytest.mark.parametrize("override", ["callbacks.sample_grid=null", "callbacks.sample_grid.every_n_steps=0"])
+def test_a_callback_is_switched_off_or_set_from_the_command_line(override, tmp_path):
+    node = compose_train(override, tmp_path=tmp_path).callbacks.sample_grid
+    assert node is None if override.endswith("null") else node.every_n_steps == 0
+
+
+def test_fid_callbacks_sample_with_the_ddim_sampler_file_at_100_steps(tmp_path):
+    from ddpm.diffusion.samplers import DDIMSampler
+
+    cfg = compose_train("callbacks=fid", tmp_path=tmp_path)
+    fid = instantiate(cfg.callbacks.fid)
+    ddim = OmegaConf.load(CONF / "sampler" / "ddim.yaml")
+    assert isinstance(fid.sampler, DDIMSampler) and fid.sampler.steps == 100 and ddim.steps != 100
+    assert (fid.sampler.eta, fid.sampler.spacing) == (ddim.eta, ddim.spacing)
+    assert fid.every_n_steps == 5000 and fid.name == "val/fid_5k"
+    assert cfg.sampler._target_ == "ddpm.diffusion.samplers.DDPMSampler"  # the module's own sampler is untouched
 
 
 @pytest.mark.parametrize("name", options("data"))
 def test_data_option_instantiates(name, tmp_path):
     root = {"folder": [f"data.root={tmp_path}"], "mnist": [f"data.root={SHARED_DATA}"]}.get(name, [])
-    datamodule = instantiate(compose_train(f"data={name}", *root, tmp_path=tmp_path).data)
-    assert datamodule.batch_size > 0
+    cfg = compose_train(f"data={name}", *root, tmp_path=tmp_path)
+    datamodule = instantiate(cfg.data)  # nothing is read yet
+    assert isinstance(datamodule, get_class(cfg.data._target_)) and datamodule.batch_size == cfg.data.batch_size
+    image = cfg.data.get("image_size")
+    assert datamodule.sample_shape == ((cfg.data.channels, image, image) if image else (2,))
 
 
 @pytest.mark.parametrize("name", options("experiment"))
 def test_experiment_composes_and_builds_its_module(name, tmp_path):
     from ddpm.runs.build import build_module
+    from ddpm.training.module import DiffusionModule
 
     cfg = compose_train(f"experiment={name}", tmp_path=tmp_path)
-    assert build_module(cfg) is not None
+    module = build_module(cfg)
+    assert isinstance(module, DiffusionModule) and isinstance(module.net, get_class(cfg.model._target_))
+    assert module.schedule.num_timesteps == cfg.schedule.num_timesteps and module.warmup_steps == cfg.module.warmup_steps
+    assert_built_from(module.sampler, cfg.sampler)
+
+
+def experiment_overrides(defaults: list) -> dict[str, str]:
+    """An experiment's defaults list as command-line overrides: ``override /data: mnist`` -> {"data": "mnist"}."""
+    out = {}
+    for entry in defaults:
+        if entry != "_self_":
+            ((key, value),) = entry.items()
+            group = key.removeprefix("override ").lstrip("/")
+            out[group if key.startswith("override ") else f"+{group}"] = value
+    return out
+
+
+def leaves(node: dict, prefix: str = ""):
+    """(dotted key, value) for every value a YAML mapping sets; lists and empty mappings are values."""
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_experiment_sets_only_what_its_defaults_do_not_already_give(name, tmp_path):
+    spec = OmegaConf.to_container(OmegaConf.load(CONF / "experiment" / f"{name}.yaml"))
+    groups = experiment_overrides(spec.pop("defaults", []))
+    chosen = compose_train(tmp_path=tmp_path, return_hydra_config=True).hydra.runtime.choices
+    restated = [f"{name}: override /{g}: {v} is train.yaml's choice already" for g, v in groups.items() if chosen.get(g) == v]
+    base = compose_train(*(f"{g}={v}" for g, v in groups.items()), tmp_path=tmp_path)
+    absent = object()
+    for key, value in leaves(spec):
+        if OmegaConf.select(base, key, default=absent) == value:
+            restated.append(f"{name}: {key}={value!r} is what its defaults already give")
+    assert not restated, "\n".join(restated)
 
 
 def test_cifar10_experiment_is_the_paper_recipe(tmp_path):

@@ -1,7 +1,6 @@
 """Tests for ddpm.data: the dataset builders, the ImageDataModule and every conf/data/*.yaml."""
 
 import pickle
-from functools import partial
 from pathlib import Path
 
 import hydra.utils
@@ -23,12 +22,11 @@ from ddpm.data.images import (
     fashion_mnist,
     mnist,
 )
+from shared_data import MNIST, require
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-NO_SHARED_DATA = f"MNIST/Fashion-MNIST not present under {SHARED_DATA}"
-HAS_SHARED_DATA = all((SHARED_DATA / name / "raw").is_dir() for name in ("MNIST", "FashionMNIST"))
-needs_shared = pytest.mark.skipif(not HAS_SHARED_DATA, reason=NO_SHARED_DATA)
+FASHION_MNIST = tuple(f.replace("MNIST/", "FashionMNIST/", 1) for f in MNIST)
+SHARED_FILES = {"mnist": MNIST, "fashion_mnist": FASHION_MNIST}  # read from ../shared/data, skipped without it
 
 
 def assert_images(x: torch.Tensor, shape: tuple) -> None:
@@ -64,10 +62,9 @@ def test_digits_are_1797_images_of_1x8x8_spanning_minus1_to_1():
     assert images.min() == -1 and images.max() == 1
 
 
-@needs_shared
 @pytest.mark.parametrize("builder", [mnist, fashion_mnist])
 def test_mnist_and_fashion_mnist_load_60000_images_of_1x28x28_from_gz_files(builder):
-    ds = builder(SHARED_DATA)
+    ds = builder(require(*SHARED_FILES[builder.__name__]))
     image, label = ds[0]
     assert len(ds) == 60000 and 0 <= label < 10
     assert_images(image, (1, 28, 28))
@@ -193,8 +190,6 @@ def yaml_roots(tmp_path: Path, cifar_root: Path) -> dict:
     return {
         "digits": None,
         "synthetic": None,
-        "mnist": SHARED_DATA,
-        "fashion_mnist": SHARED_DATA,
         "cifar10": cifar_root,
         "folder": tmp_path / "folder",
     }
@@ -207,10 +202,8 @@ IMAGE_DATA_YAMLS = sorted(  # the 2-D point sets (ddpm.toy) are tested in test_t
 
 @pytest.mark.parametrize("name", IMAGE_DATA_YAMLS)
 def test_every_data_yaml_instantiates_and_yields_a_batch_of_declared_shape(name, tmp_path, cifar_root):
-    if name in ("mnist", "fashion_mnist") and not HAS_SHARED_DATA:
-        pytest.skip(NO_SHARED_DATA)
     cfg = OmegaConf.load(REPO / "conf" / "data" / f"{name}.yaml")
-    root = yaml_roots(tmp_path, cifar_root)[name]
+    root = require(*SHARED_FILES[name]) if name in SHARED_FILES else yaml_roots(tmp_path, cifar_root)[name]
     overrides = {"batch_size": 2, "num_workers": 0} | ({"root": str(root)} if root else {})
     cfg = OmegaConf.merge(cfg, overrides)
     dm = hydra.utils.instantiate(cfg)
@@ -225,6 +218,5 @@ def test_a_dataset_without_a_test_split_says_so_by_name():
         ImageDataModule(digits, 8, 1).test_dataset()
 
 
-@needs_shared
 def test_the_test_split_of_mnist_is_its_10000_held_out_images():
-    assert len(ImageDataModule(mnist, 28, 1, root=str(SHARED_DATA)).test_dataset()) == 10_000
+    assert len(ImageDataModule(mnist, 28, 1, root=str(require(*MNIST))).test_dataset()) == 10_000

@@ -1,11 +1,32 @@
 """The real `train.py` end to end on CPU: train, checkpoint, resume, sample; bad input; DDP."""
 
 import csv
+import logging
+import os
+import subprocess
+import sys
+import warnings
 
 import pytest
 import torch
 
-from conftest import run_script, run_train
+from conftest import ROOT, compose_train, run_script, run_train
+
+# What Lightning prints on every run that a user cannot act on (ddpm.runs.train.quiet_lightning).
+NOISE = {
+    "litlogger tip": "💡 Tip:",
+    "pytree deprecation": "`isinstance(treespec, LeafSpec)` is deprecated",
+    "short epoch": "is smaller than the logging interval",
+    "srun hint": "The `srun` command is available on your system but is not used",
+}
+
+
+def fake_srun(folder) -> dict:
+    """Environment variables that put an ``srun`` on PATH, as on a SLURM login node."""
+    folder.mkdir(exist_ok=True)
+    (folder / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (folder / "srun").chmod(0o755)
+    return {"PATH": f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 @pytest.fixture(scope="module")
@@ -14,6 +35,7 @@ def first_run(tmp_path_factory):
     proc = run_train(
         run_dir, "trainer.max_steps=6", "callbacks.checkpoint.every_n_train_steps=3",
         "callbacks.sample_grid.every_n_steps=3", "callbacks.sample_grid.compare_raw=true",
+        env=fake_srun(tmp_path_factory.mktemp("bin")),
     )
     return run_dir, proc
 
@@ -113,7 +135,6 @@ def test_bad_input_raises_a_config_error_naming_the_value(tmp_path, overrides, m
 
     from ddpm.errors import root_config_error
     from ddpm.runs.build import build_module
-    from test_configs import compose_train
 
     cfg = compose_train(*overrides, tmp_path=tmp_path)
     with pytest.raises(Exception) as info:
@@ -127,7 +148,6 @@ def test_empty_image_folder_is_named(tmp_path):
     from hydra.utils import instantiate
 
     from ddpm.data.images import DataError
-    from test_configs import compose_train
 
     (tmp_path / "empty").mkdir()
     cfg = compose_train("data=folder", f"data.root={tmp_path / 'empty'}", tmp_path=tmp_path)
@@ -142,13 +162,89 @@ def test_help_lists_config_groups_and_options():
         assert line in out
 
 
-def test_wandb_is_not_imported_unless_chosen(first_run):
-    import subprocess
-    import sys
+def test_wandb_is_not_imported_unless_chosen(tmp_path):
+    # everything the default run builds before fitting: module, logger, callbacks, trainer
+    code = ("import sys; from conftest import compose_train; from ddpm.runs.build import build_module; "
+            "from ddpm.runs.train import build_trainer; "
+            f"cfg = compose_train('trainer.accelerator=cpu', tmp_path={str(tmp_path)!r}); "
+            "build_module(cfg); trainer = build_trainer(cfg); "
+            "print(type(trainer.logger).__name__, 'wandb' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "tests", capture_output=True, text=True)
+    assert out.stdout.split()[-2:] == ["CSVLogger", "False"], out.stderr[-3000:]
 
-    code = "import sys, runpy; sys.argv=['train.py','--cfg','job']; import lightning.pytorch, ddpm.runs.train; print('wandb' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
-    assert out.strip().endswith("False")
+
+def test_the_default_run_prints_none_of_lightnings_noise(first_run):
+    # the short-epoch warning needs fewer batches an epoch than first_run has: the next test checks it
+    _, proc = first_run
+    assert [name for name, text in NOISE.items() if text in proc.stderr] == []
+    assert "GPU available:" in proc.stderr  # Lightning's own lines still show
+
+
+def test_the_progress_bar_counts_the_steps_of_the_whole_run(tmp_path, capsys):
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ddpm.diffusion.samplers import DDPMSampler
+    from ddpm.runs.train import quiet_lightning
+    from ddpm.training.callbacks.progress import StepProgressBar
+    from ddpm.training.callbacks.sample_grid import with_progress
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(1, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    quiet_lightning()  # as train() does
+    bar = StepProgressBar(refresh_rate=1)
+    trainer = L.Trainer(accelerator="cpu", max_steps=7, callbacks=[bar], logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(Tiny(), DataLoader(TensorDataset(torch.zeros(3, 1))))  # 3 batches an epoch
+    out = capsys.readouterr().out
+    assert trainer.current_epoch > 1 and (bar.train_progress_bar.n, bar.train_progress_bar.total) == (7, 7)
+    assert "7/7" in out and "Epoch" not in out  # one bar across the three epochs
+    sampler = DDPMSampler()  # grids show their sampling progress as a copy of the module's sampler
+    assert with_progress(sampler).progress and not sampler.progress
+
+
+def test_lightning_noise_is_silenced_at_its_source_and_real_warnings_stay(tmp_path, monkeypatch):
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+    from lightning.pytorch.utilities.warnings import PossibleUserWarning
+
+    from ddpm.runs.train import quiet_lightning, train
+
+    monkeypatch.setenv("PATH", fake_srun(tmp_path / "bin")["PATH"])
+    cfg = compose_train(  # one batch an epoch, fewer than log_every_n_steps=50
+        "model=unet_tiny", "schedule.num_timesteps=20", "data.batch_size=16", "trainer.accelerator=cpu",
+        "trainer.max_steps=1", "+trainer.limit_train_batches=1", "callbacks.sample_grid=null",
+        "callbacks.progress_bar.refresh_rate=0", tmp_path=tmp_path,
+    )
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = logged.append  # sees only what passes the logger's filters
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    monkeypatch.setattr(rank_zero_log, "filters", [])  # train() must install its own, not rely on an earlier test's
+    rank_zero_log.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train(cfg)
+            warnings.warn("a real warning", PossibleUserWarning)
+    finally:
+        rank_zero_log.removeHandler(handler)
+    printed = [str(w.message) for w in caught] + [r.getMessage() for r in logged]
+    assert [name for name, text in NOISE.items() if any(text in line for line in printed)] == []
+    assert "a real warning" in printed and any(line.startswith("GPU available") for line in printed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_lightning(num_nodes=2)  # several nodes need srun: the hint stays
+        SLURMEnvironment._validate_srun_used()
+    assert [NOISE["srun hint"] in str(w.message) for w in caught] == [True]
 
 
 @pytest.mark.slow

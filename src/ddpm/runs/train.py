@@ -2,20 +2,49 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm.errors import check_choice
 from ddpm.runs.build import build_module
 
 
+def _not_a_tip(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("💡 Tip:")
+
+
+def quiet_lightning(num_nodes: int = 1) -> None:
+    """Silence what Lightning prints on every run that a user of this project cannot act on.
+
+    Each filter matches one message at its source; every other warning still shows.
+    """
+    # Lightning's advertisements for its cloud logger and model registry (logged, not warned).
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _not_a_tip not in rank_zero_log.filters:
+        rank_zero_log.addFilter(_not_a_tip)
+    # torch deprecated LeafSpec; Lightning's _pytree.py still builds one when it wraps the dataloaders.
+    warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning,
+                            r"lightning\.pytorch\.utilities\._pytree")
+    # The module logs every log_every_n_steps optimizer steps across epochs, so an epoch shorter
+    # than that interval (the digits: 14 batches) loses nothing.
+    warnings.filterwarnings("ignore", r"The number of training batches \(\d+\) is smaller than the logging interval",
+                            PossibleUserWarning)
+    if num_nodes == 1:  # srun is needed to start processes on several nodes; on one, Lightning starts them
+        warnings.filterwarnings("ignore", r"The `srun` command is available on your system but is not used",
+                                PossibleUserWarning)
+
+
 def build_trainer(cfg: DictConfig) -> L.Trainer:
-    """The Trainer with the chosen logger and every non-null callback."""
+    """The Trainer with the chosen logger and every non-null callback, without Lightning's noise."""
+    quiet_lightning(cfg.trainer.get("num_nodes", 1))
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)

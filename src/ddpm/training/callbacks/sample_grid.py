@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import lightning as L
@@ -13,9 +14,19 @@ from ddpm.plots.grid import image_grid
 from ddpm.training.callbacks.periodic import PeriodicDrawing, log_image
 
 
+def with_progress(sampler):
+    """A copy of ``sampler`` that shows a progress bar over its steps (samplers take ``progress``)."""
+    if not hasattr(sampler, "progress"):
+        return sampler
+    out = copy.copy(sampler)
+    out.progress = True
+    return out
+
+
 class SampleGrid(PeriodicDrawing):
     """Every ``every_n_steps`` optimizer steps and at the end of training, sample a grid with a
     fixed seed and save it as ``<run dir>/samples/step_XXXXXXX.png``; also sent to the logger.
+    While the trainer shows a progress bar, sampling shows one too (1,000 DDPM steps take a while).
 
     Args:
         every_n_steps: steps between grids (0: only at the end).
@@ -36,10 +47,12 @@ class SampleGrid(PeriodicDrawing):
 
     def draw(self, trainer: L.Trainer, pl_module) -> None:
         step = trainer.global_step
+        bar = trainer.progress_bar_callback
+        sampler = with_progress(pl_module.sampler) if getattr(bar, "is_enabled", False) else None
         grids = []
         for use_ema in (True, False) if self.compare_raw else (True,):
             generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-            images = pl_module.sample(self.num_samples, generator=generator, use_ema=use_ema)
+            images = pl_module.sample(self.num_samples, generator=generator, use_ema=use_ema, sampler=sampler)
             grids.append(image_grid(images))
         grid = torch.cat(grids, dim=-1) if len(grids) > 1 else grids[0]  # (C, H, W)
         out = Path(trainer.default_root_dir) / "samples" / f"step_{step:07d}.png"
