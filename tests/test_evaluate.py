@@ -1,4 +1,4 @@
-"""Evaluation (``ddpm.runs.evaluate``, what evaluate.py runs) on a tiny MNIST checkpoint: outputs, EMA
+"""Evaluation (``ddpm.runs.evaluate``, what evaluate.py runs) on a tiny checkpoint of MNIST-format data: outputs, EMA
 weights, sampler and denoiser options, samples_path mode, reference caching and files, NLL, and
 one-line errors. A stand-in replaces Inception in-process (test_metrics.py checks the real
 network); the CLI error path runs the real script."""
@@ -26,8 +26,7 @@ from ddpm.evaluation.sampling import generate_images
 from ddpm.runs.build import build_module
 from ddpm.runs.evaluate import evaluate
 from ddpm.runs.load import load_run
-from shared_data import MNIST, require
-from standins import StandIn
+from standins import StandIn, mnist_format_root
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -41,8 +40,9 @@ def one_thread():
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A run directory as train.py leaves it: config.yaml and checkpoints/last.ckpt (EMA != raw weights).
-    Its data, MNIST, are read from the shared data (the reference statistics, the test split)."""
-    root = require(*MNIST)
+    Its data are random images in MNIST's file format (``data=mnist``: reference statistics, test split),
+    so this runs without ../shared."""
+    root = mnist_format_root(tmp_path_factory.mktemp("data"))
     run_dir = tmp_path_factory.mktemp("run")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["model=unet_tiny", "model.attn_resolutions=[14]", "schedule.num_timesteps=10", "data=mnist",
@@ -103,8 +103,8 @@ def test_samples_made_elsewhere_score_the_same_and_reuse_the_cached_reference(ru
     first = evaluate(config(f"ckpt_path={run_dir}/checkpoints/last.ckpt", "sampler=dpm_solver",
                             "sampler.steps=2", "num_samples=6", "batch_size=6", *common), standin)
     samples = run_dir / "eval" / "dpm_solver_2_6" / "samples.npz"
-    calls = standin.calls
-    second = evaluate(config(f"samples_path={samples}", "data=mnist", f"data.root={require(*MNIST)}", *common), standin)
+    calls, data_root = standin.calls, OmegaConf.load(run_dir / "config.yaml").data.root
+    second = evaluate(config(f"samples_path={samples}", "data=mnist", f"data.root={data_root}", *common), standin)
     assert standin.calls == calls + 6  # the samples only: the reference came from the cache
     assert second["fid"] == pytest.approx(first["fid"], rel=1e-12) and second["kid_mean"] == pytest.approx(first["kid_mean"])
     assert second["sampler"] is None and second["num_samples"] == 6
@@ -140,7 +140,7 @@ def test_the_denoiser_can_be_changed_for_the_bound_and_for_sampling(run, standin
     nll = evaluate(config(ckpt, "metrics=[nll]", "nll.num_images=3", "nll.batch_size=3", large))
     assert (run_dir / "eval" / "nll_fixed_large_3" / "metrics.json").is_file()  # named by the variance used
     assert nll["denoiser"]["variance"] == "fixed_large"
-    test_set = instantiate(OmegaConf.load(run_dir / "config.yaml").data).test_dataset()  # MNIST's test split
+    test_set = instantiate(OmegaConf.load(run_dir / "config.yaml").data).test_dataset()  # the test split
     for variance in ("fixed_large", "fixed_small"):  # the bound of the changed denoiser, not of the run's
         expected = dataset_bpd(module.denoiser().replace(variance=variance), test_set, 3, 3, torch.Generator().manual_seed(0))
         assert (nll["nll_bpd"] == pytest.approx(expected["nll_bpd"], rel=1e-9)) == (variance == "fixed_large")
