@@ -64,7 +64,7 @@ def test_logger_option_instantiates(name, tmp_path):
     assert logger is None if name == "none" else logger.save_dir == str(tmp_path)
 
 
-DEFAULT_CALLBACKS = ["sample_grid", "checkpoint", "lr_monitor", "throughput", "progress_bar"]
+DEFAULT_CALLBACKS = ["sample_grid", "checkpoint", "stop_save", "lr_monitor", "throughput", "progress_bar"]
 
 
 @pytest.mark.parametrize("name", options("callbacks"))

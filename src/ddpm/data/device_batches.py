@@ -10,15 +10,67 @@ from ddpm.data.images import TensorImageDataset
 from ddpm.data.pixels import from_uint8
 
 
-class DeviceBatches:
+class ResumableBatches:
+    """Shuffled batches of ``size`` indexed items, split across ranks, resumable mid-epoch.
+
+    Each epoch draws one permutation from a generator seeded by (seed, epoch), identical on every
+    rank, and rank r takes positions r, r + W, r + 2W, ... of it (W ranks), as DistributedSampler
+    does; the last partial batch is dropped. ``state_dict`` is (epoch, batches served), which
+    Lightning saves in every checkpoint of a fit (as for any train loader with a ``state_dict``);
+    after ``load_state_dict`` the next epoch of that number starts where it stopped, with the order
+    of the uninterrupted run. A subclass cuts a batch in :meth:`batch`; randomness there must be a
+    function of (epoch, batch number) too.
+    """
+
+    def __init__(self, size: int, batch_size: int, device: torch.device | str = "cpu", seed: int = 0,
+                 rank: int = 0, world_size: int = 1, epoch: Callable[[], int] | None = None):
+        self.size, self.device = size, torch.device(device)
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.epoch = epoch or self._count_epochs
+        self._epochs_started = 0
+        self._position = {"epoch": -1, "batch": 0}  # the epoch being served and the batches served of it
+        self._resume_at: dict | None = None
+
+    def _count_epochs(self) -> int:
+        return self._epochs_started
+
+    def __len__(self) -> int:
+        return self.size // self.world_size // self.batch_size
+
+    def state_dict(self) -> dict[str, int]:
+        """{"epoch": the epoch being served, "batch": how many of its batches were served}."""
+        return dict(self._position)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume: the next ``iter`` of epoch ``state["epoch"]`` starts at batch ``state["batch"]``."""
+        self._resume_at = dict(state)
+
+    def batch(self, index: torch.Tensor, epoch: int, i: int):
+        """Batch ``i`` of ``epoch``, the items at ``index`` (B,)."""
+        raise NotImplementedError
+
+    def __iter__(self):
+        epoch = self.epoch()
+        self._epochs_started += 1
+        resume, self._resume_at = self._resume_at, None
+        start = resume["batch"] if resume is not None and resume["epoch"] == epoch else 0
+        shuffle = torch.Generator(self.device).manual_seed(self.seed + epoch)
+        order = torch.randperm(self.size, generator=shuffle, device=self.device)
+        order = order[self.rank :: self.world_size]
+        for i in range(start, len(self)):
+            batch = self.batch(order[i * self.batch_size : (i + 1) * self.batch_size], epoch, i)
+            self._position = {"epoch": epoch, "batch": i + 1}
+            yield batch
+
+
+class DeviceBatches(ResumableBatches):
     """Shuffled training batches cut from an in-memory uint8 image tensor that lives on the device.
 
     For datasets that fit in device memory (MNIST, CIFAR-10: tens of MB as uint8), this replaces the
-    DataLoader: no worker processes, no per-image Python, no host-to-device copy per step. Each epoch
-    draws one permutation from a generator seeded by (seed, epoch), identical on every rank, and rank
-    r takes positions r, r + W, r + 2W, ... of it (W ranks), as DistributedSampler does; the last
-    partial batch is dropped. Scaling to [-1, 1] and the optional left-right flip (p=0.5, drawn per
-    image from a per-rank generator) run on the device.
+    DataLoader: no worker processes, no per-image Python, no host-to-device copy per step. Order,
+    rank split and resuming as :class:`ResumableBatches`. Scaling to [-1, 1] and the optional
+    left-right flip (p=0.5, drawn per image from a generator seeded by (seed, rank, epoch, batch), so a
+    resumed epoch draws the same flips) run on the device.
     """
 
     def __init__(
@@ -32,32 +84,17 @@ class DeviceBatches:
         world_size: int = 1,
         epoch: Callable[[], int] | None = None,
     ):
-        self.device = torch.device(device)
+        super().__init__(len(dataset.images), batch_size, device, seed, rank, world_size, epoch)
         self.images = dataset.images.to(self.device)  # (N, C, H, W) uint8
         self.labels = dataset.labels.to(self.device)  # (N,)
         self.max_value = dataset.max_value
-        self.batch_size, self.hflip = batch_size, hflip
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = epoch or self._count_epochs
-        self._epochs_started = 0
-        self._flip = torch.Generator(self.device).manual_seed(seed + 1_000_003 * (rank + 1))
+        self.hflip = hflip
+        self._flip = torch.Generator(self.device)
 
-    def _count_epochs(self) -> int:
-        return self._epochs_started
-
-    def __len__(self) -> int:
-        return len(self.images) // self.world_size // self.batch_size
-
-    def __iter__(self):
-        epoch = self.epoch()
-        self._epochs_started += 1
-        shuffle = torch.Generator(self.device).manual_seed(self.seed + epoch)
-        order = torch.randperm(len(self.images), generator=shuffle, device=self.device)
-        order = order[self.rank :: self.world_size]
-        for i in range(len(self)):
-            index = order[i * self.batch_size : (i + 1) * self.batch_size]
-            images = from_uint8(self.images[index], self.max_value)  # (B, C, H, W) in [-1, 1]
-            if self.hflip:
-                flip = torch.rand(len(index), generator=self._flip, device=self.device) < 0.5
-                images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-            yield images, self.labels[index]
+    def batch(self, index: torch.Tensor, epoch: int, i: int):
+        images = from_uint8(self.images[index], self.max_value)  # (B, C, H, W) in [-1, 1]
+        if self.hflip:
+            self._flip.manual_seed(hash((self.seed, self.rank, epoch, i)) % 2**63)  # host ints: no sync
+            flip = torch.rand(len(index), generator=self._flip, device=self.device) < 0.5
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        return images, self.labels[index]

@@ -12,8 +12,8 @@ from typing import Callable
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
+from ddpm.data.device_batches import ResumableBatches
 from ddpm.errors import ConfigError
 
 # ---- datasets: (num_points, generator) -> (N, 2) points in [-1, 1]^2 ----------------------------
@@ -80,8 +80,22 @@ class PointDataModule(L.LightningDataModule):
         if self.points is None:
             self.points = self.build_dataset(self.num_points, torch.Generator().manual_seed(self.seed))
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> PointBatches:
         self.setup("fit")
-        # Whole batches are gathered by one index tensor (batch_size=None turns off per-point collation).
-        batches = BatchSampler(RandomSampler(self.points), self.batch_size, drop_last=True)
-        return DataLoader(TensorDataset(self.points), sampler=batches, batch_size=None)
+        trainer = self.trainer
+        return PointBatches(
+            self.points, self.batch_size, seed=torch.initial_seed() % 2**62,
+            rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
+            epoch=(lambda: trainer.current_epoch) if trainer else None,
+        )
+
+
+class PointBatches(ResumableBatches):
+    """Batches ``[x]``, x (B, 2), of a point set: each gathered by one index tensor; resumable mid-epoch."""
+
+    def __init__(self, points: Tensor, batch_size: int, **kwargs):
+        super().__init__(len(points), batch_size, **kwargs)
+        self.points = points
+
+    def batch(self, index: Tensor, epoch: int, i: int) -> list[Tensor]:
+        return [self.points[index]]

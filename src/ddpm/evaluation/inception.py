@@ -8,7 +8,9 @@ weights are never downloaded here: they are found by ``inception_weights_path``.
 
 from __future__ import annotations
 
+import io
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -41,6 +43,26 @@ def inception_weights_path(path: str | os.PathLike | None = None) -> Path:
     )
 
 
+def load_inception_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The Inception weights at ``path`` as a state dict of tensors, read with ``weights_only=True``.
+
+    Anything else (a pickle of other objects, a file that is not torch's, a dict holding non-tensors)
+    is a ConfigError naming the file.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, or one holding more than tensors and plain containers
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))  # torch's message is a page
+        reason = f"it holds {found[1]}" if found else f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        raise ConfigError(f"inception_weights='{path}' cannot be read as a state dict ({reason})") from e
+    bad = next((k for k, v in state.items() if not (isinstance(k, str) and isinstance(v, Tensor))), None) \
+        if isinstance(state, dict) else type(state).__name__
+    if bad is not None or not state:
+        raise ConfigError(f"inception_weights='{path}' is not a state dict of tensors "
+                          f"(found {bad!r}): point it at torch-fidelity's {INCEPTION_FILE}")
+    return {k: v.as_subclass(Tensor) for k, v in state.items()}
+
+
 class InceptionFeatures(nn.Module):
     """uint8 (N, 3, H, W) -> {"pool3": (N, 2048), "logits": (N, 1008) or None}, never in train mode.
 
@@ -53,9 +75,19 @@ class InceptionFeatures(nn.Module):
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
         self.weights_path = inception_weights_path(weights_path)
-        self.net = FeatureExtractorInceptionV3(
-            "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(self.weights_path)
-        )
+        # torch-fidelity unpickles its weights file with weights_only=False: it is handed only bytes
+        # written here from the state dict checked above, never the user's file
+        checked = io.BytesIO()
+        torch.save(load_inception_state_dict(self.weights_path), checked)
+        checked.seek(0)
+        try:
+            self.net = FeatureExtractorInceptionV3(
+                "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=checked
+            )
+        except RuntimeError as e:  # load_state_dict: missing, unexpected or mis-shaped tensors
+            reason = " ".join(str(e).split())[:300]
+            raise ConfigError(f"inception_weights='{self.weights_path}' is not the Inception-v3 of "
+                              f"torch-fidelity's {INCEPTION_FILE} ({reason})") from e
         self.has_classifier = bool(torch.isfinite(self.net.fc.weight).all())
         self.no_logits_reason = None if self.has_classifier else (
             f"the Inception weights '{self.weights_path}' have no classifier layer (fc is NaN); "

@@ -11,12 +11,13 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ddpm.errors import ConfigError, root_config_error
+from ddpm.runs.allowlist import checked_config
 from ddpm.runs.build import build_module
 from ddpm.runs.legacy import upgrade_run_config
+from ddpm.training.checkpoint_load import read_checkpoint
 from ddpm.training.module import DiffusionModule
 
 
@@ -31,6 +32,23 @@ def with_denoiser(run_cfg: DictConfig, denoiser: Mapping | None = None) -> DictC
     return run_cfg
 
 
+def read_run_config(path: Path) -> DictConfig:
+    """A run's ``config.yaml``, upgraded to today's layout, every ``_target_`` in it checked against the
+    allow-list (``ddpm.runs.allowlist``) and its interpolations resolved, before anything is built."""
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # not YAML, or not a mapping
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise ConfigError(f"'{path}' cannot be read as a run config ({type(e).__name__}: {reason})") from e
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"'{path}' is not a run config: it holds a {type(cfg).__name__}, not a mapping")
+    try:
+        cfg = upgrade_run_config(cfg)
+    except Exception as e:  # a mapping, but not shaped like a train config (e.g. ``data: 5``)
+        raise ConfigError(f"'{path}' is not a run config: {type(e).__name__}: {' '.join(str(e).split())[:200]}") from e
+    return checked_config(cfg, str(path))
+
+
 def load_run(ckpt_path: str | os.PathLike, denoiser: Mapping | None = None) -> tuple[Path, DictConfig, DiffusionModule]:
     """(run directory, its config, the module with the checkpoint's weights, in eval mode) of
     ``<run>/checkpoints/X.ckpt``.
@@ -40,21 +58,17 @@ def load_run(ckpt_path: str | os.PathLike, denoiser: Mapping | None = None) -> t
         denoiser: denoiser fields to change before the module is built (see ``with_denoiser``), e.g.
             another reverse variance for sampling and the bound; the returned config has them.
 
-    Only tensors and plain containers are read from the checkpoint (``weights_only=True``). A path
-    that is not such a checkpoint, or a bad denoiser value, is a ConfigError naming it.
+    Only tensors and plain containers are read from the checkpoint (``weights_only=True``), and the
+    config may only instantiate what ``ddpm.runs.allowlist`` allows, checked before anything is
+    built. A path that is not such a checkpoint, a forbidden target, or a bad denoiser value is a
+    ConfigError naming it.
     """
     ckpt = Path(ckpt_path).expanduser()
     run_dir = ckpt.parent.parent
     if not ckpt.is_file() or not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"ckpt_path='{ckpt}' is not a checkpoint in <run>/checkpoints/ with <run>/config.yaml")
-    try:
-        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as e:  # not a torch file, or one holding more than tensors and plain containers
-        reason = (str(e).strip().splitlines() or [""])[0]
-        raise ConfigError(f"ckpt_path='{ckpt}' cannot be read as a checkpoint ({type(e).__name__}: {reason})") from e
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ConfigError(f"ckpt_path='{ckpt}' cannot be read as a checkpoint: it holds no state_dict")
-    run_cfg = with_denoiser(upgrade_run_config(OmegaConf.load(run_dir / "config.yaml")), denoiser)
+    run_cfg = with_denoiser(read_run_config(run_dir / "config.yaml"), denoiser)
+    checkpoint = read_checkpoint(ckpt)
     try:
         module = build_module(run_cfg)
     except Exception as e:  # Hydra wraps what a constructor raised; a bad value is the user's ConfigError

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm.errors import check_choice
 from ddpm.runs.build import build_module
+from ddpm.training.checkpoint_io import resolve_resume
 
 
 def _not_a_tip(record: logging.LogRecord) -> bool:
@@ -79,6 +80,7 @@ def train(cfg: DictConfig) -> L.Trainer:
     datamodule = instantiate(cfg.data)
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    # weights_only: a resumed checkpoint is read as tensors and plain containers, never unpickled code
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_resume(cfg.ckpt_path), weights_only=True)
     report(run_dir)
     return trainer

@@ -19,10 +19,13 @@ def ema_decay_fn(decay: float, warmup: bool):
     is computed on the device from AveragedModel's counter: no host sync.
     """
 
-    def update(ema_params: list[Tensor], params: list[Tensor], num_averaged: Tensor) -> None:
+    def update(ema_params: list[Tensor], params: list[Tensor], num_averaged: Tensor, enabled: Tensor | None = None) -> None:
         n = num_averaged.to(device=ema_params[0].device, dtype=torch.float32)
         d = torch.clamp((1 + n) / (10 + n), max=decay) if warmup else torch.full_like(n, decay)
-        weight = torch.where(n == 0, 1.0, 1.0 - d).to(ema_params[0].dtype)
+        weight = torch.where(n == 0, 1.0, 1.0 - d)
+        if enabled is not None:  # weight 0 leaves the average exactly as it was
+            weight = torch.where(enabled, weight, 0.0)
+        weight = weight.to(ema_params[0].dtype)
         torch._foreach_lerp_(ema_params, params, weight)
 
     return update
@@ -38,15 +41,16 @@ class EMA(AveragedModel):
     """
 
     @torch.no_grad()
-    def update_parameters(self, model: nn.Module) -> None:
+    def update_parameters(self, model: nn.Module, enabled: Tensor | None = None) -> None:
+        """Average ``model``'s parameters in; ``enabled``: a device-side bool (), False skips this update."""
         ema_params = list(self.module.parameters())
         params = [p.detach() for p in model.parameters()]
         if len(ema_params) != len(params):
             raise ValueError(f"EMA holds {len(ema_params)} parameters but the network has {len(params)}")
-        self.multi_avg_fn(ema_params, params, self.n_averaged)
+        self.multi_avg_fn(ema_params, params, self.n_averaged, enabled)
         for b_ema, b in zip(self.module.buffers(), model.buffers(), strict=True):
             b_ema.copy_(b)
-        self.n_averaged += 1
+        self.n_averaged += 1 if enabled is None else enabled.to(self.n_averaged.device, self.n_averaged.dtype)
 
 
 def make_ema(net: nn.Module, decay: float, warmup: bool = True) -> EMA:

@@ -7,13 +7,16 @@ Each concern lives in its own object; the module only calls them:
     weight averaging              ``EMA``             (ddpm.training.ema)
     speed switches                ``resolve_speed``   (ddpm.training.speed)
     per-t loss logging            ``LossByTimestep``  (ddpm.training.loss_log)
+    skipping non-finite steps     ``NonFiniteGuard``  (ddpm.training.nonfinite)
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Callable, Sequence
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 import torch
 from torch import Tensor, nn
 
@@ -22,6 +25,7 @@ from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import ConfigError
 from ddpm.training.ema import make_ema
 from ddpm.training.loss_log import LossByTimestep
+from ddpm.training.nonfinite import NonFiniteGuard
 from ddpm.training.speed import check_speed_options, resolve_speed
 
 
@@ -46,6 +50,8 @@ class DiffusionModule(L.LightningModule):
         compile: ``torch.compile`` mode for the network and its EMA copy (``default``,
             ``reduce-overhead``, ``max-autotune``, ...); ``"auto"``: default mode on a GPU; ``None``
             or ``false``: eager. Compiling leaves the state dict (and so checkpoints) unchanged.
+        max_nonfinite_steps: a step whose loss or gradient is not finite is skipped (weights, optimizer
+            and EMA untouched) and counted (``train/nonfinite_steps``); this many in a row stop the run.
     """
 
     def __init__(
@@ -63,6 +69,7 @@ class DiffusionModule(L.LightningModule):
         loss_buckets: int = 10,
         channels_last: bool | str = "auto",
         compile: bool | str | None = "auto",
+        max_nonfinite_steps: int = 20,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "schedule", "denoiser", "loss", "sampler", "optimizer"], logger=False)
@@ -81,7 +88,10 @@ class DiffusionModule(L.LightningModule):
         self.speed_options = check_speed_options(channels_last, compile)
         self.memory_format = torch.contiguous_format
         self._sped_up = False
+        self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
         self._noise: torch.Generator | None = None
+        self._noise_step = -1  # the optimizer step the noise generator was last seeded for
+        self._finite: Tensor | None = None  # this step's device-side finite flag
         self.denoiser()  # a bad denoiser option fails here, before any training
 
     # ---- the model as a denoiser ------------------------------------------------------------
@@ -129,10 +139,20 @@ class DiffusionModule(L.LightningModule):
 
     # ---- training ---------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        # Noise for q_sample comes from a generator seeded per rank (and per resume point), so
-        # DDP ranks never draw the same t and eps even though seed_everything gave them one seed.
-        seed = torch.initial_seed() + 1_000_003 * self.global_rank + 7919 * self.global_step
-        self._noise = torch.Generator(device=self.device).manual_seed(seed % 2**63)
+        self._noise = torch.Generator(device=self.device)
+        self._seed_noise()
+
+    def _seed_noise(self) -> None:
+        """Seed the generator of t and eps from (seed, rank, optimizer step).
+
+        Per rank, so DDP ranks never draw the same t and eps although seed_everything gave them one
+        seed; per step, so a run resumed at any step draws the noise of the uninterrupted run with no
+        generator state to checkpoint. Micro-batches of one step (gradient accumulation) continue the
+        stream. Host ints only: no device sync.
+        """
+        key = f"{torch.initial_seed()}/{self.global_rank}/{self.global_step}".encode()
+        self._noise.manual_seed(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % 2**63)
+        self._noise_step = self.global_step
 
     def _is_logging_step(self) -> bool:
         """Whether Lightning writes the logs of the current optimizer step (every ``log_every_n_steps``)."""
@@ -147,6 +167,8 @@ class DiffusionModule(L.LightningModule):
         return self.loss(self.denoiser(use_ema=False), x0, self._noise)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
+        if self._noise_step != self.global_step:
+            self._seed_noise()
         per_sample, t = self.compute_loss(batch)
         self.loss_log.add(per_sample.detach(), t)
         if self._is_logging_step():
@@ -155,12 +177,49 @@ class DiffusionModule(L.LightningModule):
             means = self.loss_log.means(lambda x: self.trainer.strategy.reduce(x, reduce_op="sum"))
             self.log("train/loss", means.pop("train/loss"), prog_bar=True, on_step=True, on_epoch=False)
             self.log_dict(means, on_step=True, on_epoch=False)
-        return per_sample.mean()
+        self._loss = per_sample.mean()
+        return self._loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        loss = self._loss if self.trainer.world_size == 1 else None
+        self._finite, grad_norm = self.nonfinite.check(loss, grads, optimizer, scaled)
         if self._is_logging_step():
-            grads = [p.grad for p in self.net.parameters() if p.grad is not None]
-            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))  # before clipping
+            self.log("train/grad_norm", grad_norm)  # before clipping
+            self.log("train/nonfinite_steps", torch.as_tensor(self.nonfinite.total, dtype=torch.float32))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # global_step counts this step already; the count is read on the host at logging steps only
+        # (every step on a CPU, where reading costs nothing).
+        if self.device.type == "cpu" or self.trainer.log_every_n_steps and self.global_step % self.trainer.log_every_n_steps == 0:
+            self.nonfinite.stop_if_too_many(self.global_step)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["nonfinite_steps"] = self.nonfinite.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "nonfinite_steps" in checkpoint:
+            self.nonfinite.load_state_dict(checkpoint["nonfinite_steps"])
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # loaded outside a Trainer (load_run): nothing to check
+            return
+        if trainer.training and 0 <= trainer.max_steps <= checkpoint["global_step"]:
+            raise ConfigError(
+                f"ckpt_path= holds step {checkpoint['global_step']} but trainer.max_steps={trainer.max_steps}: "
+                f"nothing is left to train; set trainer.max_steps above {checkpoint['global_step']}"
+            )
+
+    def on_train_start(self) -> None:
+        """On a resume, apply a learning rate that differs from the checkpoint's (``optimizer.lr=...``)."""
+        scheduler, configured = self.lr_schedulers(), self._configured_lrs
+        if list(scheduler.base_lrs) == configured:
+            return
+        rank_zero_info(f"optimizer.lr={configured} (the checkpoint has {scheduler.base_lrs}): training continues with it")
+        scheduler.base_lrs = list(configured)
+        for group, lr, factor in zip(scheduler.optimizer.param_groups, configured, scheduler.lr_lambdas, strict=True):
+            group["initial_lr"], group["lr"] = lr, lr * factor(scheduler.last_epoch)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip as Lightning would, but let a fused optimizer clip under bf16 or fp32.
@@ -177,11 +236,13 @@ class DiffusionModule(L.LightningModule):
     def optimizer_step(self, *args, **kwargs) -> None:
         # The EMA follows every optimizer step (not every micro-batch under gradient accumulation),
         # before any callback of this batch runs, so a checkpoint written now already includes it.
+        # A non-finite step was skipped by the optimizer (NonFiniteGuard); the EMA skips it too.
         super().optimizer_step(*args, **kwargs)
-        self.ema.update_parameters(self.net)
+        self.ema.update_parameters(self.net, enabled=self._finite)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.net.parameters())
+        self._configured_lrs = [group["lr"] for group in optimizer.param_groups]
         warmup = self.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0

@@ -1,0 +1,165 @@
+"""Checkpoints are atomic wherever they are written: a failed or killed save leaves the previous file
+whole, a restart removes the temp files, and a damaged newest checkpoint falls back to the previous one."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, run_train
+from ddpm.training import checkpoint_io
+from ddpm.training.checkpoint_io import AtomicCheckpointIO, is_complete, newest_complete, remove_orphans
+
+
+def test_failed_replace_leaves_the_previous_file_intact_and_no_temp_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_io.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(3)}, path)
+    assert torch.load(path, weights_only=True)["global_step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_first_save_into_a_directory_removes_orphans_of_a_killed_run(tmp_path):
+    orphan = tmp_path / ".last.ckpt.abc123.partial"
+    orphan.write_bytes(b"half a checkpoint")
+    keep = tmp_path / "notes.partial"  # not one of ours: no leading dot
+    keep.write_text("x")
+    AtomicCheckpointIO().save_checkpoint({"global_step": 3}, tmp_path / "step_0000003.ckpt")
+    assert not orphan.exists() and keep.exists()
+    assert remove_orphans(tmp_path / "missing") == []
+
+
+def test_saved_file_has_the_mode_a_plain_open_gives(tmp_path):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"global_step": 0}, path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_truncated_newest_falls_back_to_the_newest_complete_one(tmp_path):
+    io = AtomicCheckpointIO()
+    for step in (2, 4):
+        io.save_checkpoint({"global_step": step}, tmp_path / f"step_{step:07d}.ckpt")
+    last = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 4}, last)
+    assert newest_complete(last) == last
+    last.write_bytes(last.read_bytes()[:-100])
+    assert not is_complete(last)
+    assert newest_complete(last) == tmp_path / "step_0000004.ckpt"
+    for p in tmp_path.glob("step_*"):
+        p.write_bytes(b"")
+    assert newest_complete(last) is None
+
+
+# Runs in a subprocess: forks training processes from one warm interpreter (no 15 s of imports per
+# trial), kills each with SIGKILL while it writes a checkpoint (it saves every step), resumes
+# from last.ckpt in the next trial, and ends with one restart that runs to completion.
+KILLER = r"""
+import json, os, random, signal, sys, time, traceback
+from pathlib import Path
+sys.path.insert(0, "tests")
+from conftest import TINY, compose_train
+from ddpm.runs.train import train
+
+run_dir, trials = Path(sys.argv[1]), int(sys.argv[2])
+random.seed(int(sys.argv[3]))
+last = run_dir / "checkpoints" / "last.ckpt"
+
+def fork_train(max_steps):
+    resume = [f"ckpt_path={last}"] if last.exists() else []
+    cfg = compose_train(*TINY, "callbacks.sample_grid=null", "logger=none", "callbacks.checkpoint.every_n_train_steps=1",
+                        "+callbacks.checkpoint.monitor=step", "+callbacks.checkpoint.mode=max",
+                        "callbacks.checkpoint.save_top_k=2", f"trainer.max_steps={max_steps}", *resume, tmp_path=run_dir)
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            train(cfg)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    return pid
+
+orphans, failures = 0, []
+for trial in range(trials):
+    started = time.time()
+    pid = fork_train(100_000)
+    while not (last.exists() and last.stat().st_mtime > started):  # this trial has saved once
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            failures.append(f"trial {trial} exited before killed"); break
+        time.sleep(0.02)
+    else:
+        time.sleep(random.uniform(0.0, 0.5))
+        deadline = time.time() + 2.0
+        while not any(last.parent.glob(".*.partial")) and time.time() < deadline:  # kill inside a save
+            time.sleep(0.001)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    orphans += len(list(last.parent.glob(".*.partial")))
+import torch
+pid = fork_train(torch.load(last, weights_only=True)["global_step"] + 1)  # the restart: one more step
+status = os.waitpid(pid, 0)[1]
+if status:
+    failures.append(f"restart exited with status {status}")
+print(json.dumps({"orphans_after_kills": orphans, "failures": failures}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tmpdir_layout", ["same filesystem", "tmpfs"])
+def test_sigkill_during_saves_leaves_every_checkpoint_loadable(tmp_path, tmpdir_layout):
+    if tmpdir_layout == "tmpfs" and not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm here")
+    tmpdir = tmp_path / "tmp" if tmpdir_layout == "same filesystem" else Path("/dev/shm")
+    tmpdir.mkdir(exist_ok=True)
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", KILLER, str(run_dir), "5", "0"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmpdir), "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["failures"] == [], proc.stderr[-3000:]
+    assert result["orphans_after_kills"] >= 3  # most kills landed while a checkpoint was being written
+    ckpts = sorted((run_dir / "checkpoints").iterdir())
+    assert [p.name for p in ckpts if not p.name.endswith(".ckpt")] == []  # no orphan temp files
+    assert "last.ckpt" in {p.name for p in ckpts}
+    for p in ckpts:
+        assert isinstance(torch.load(p, map_location="cpu", weights_only=True)["global_step"], int), p
+    print(tmpdir_layout, result, [p.name for p in ckpts])
+
+
+def test_resume_from_a_damaged_only_checkpoint_is_one_config_error(tmp_path):
+    from ddpm.errors import ConfigError
+    from ddpm.training.checkpoint_io import resolve_resume
+
+    last = tmp_path / "last.ckpt"
+    last.write_bytes(b"PK\x03\x04 cut short")
+    (tmp_path / ".last.ckpt.x1.partial").write_bytes(b"")
+    with pytest.raises(ConfigError, match="last.ckpt is damaged"):
+        resolve_resume(str(last))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # the orphan went
+    assert resolve_resume(None) is None
+
+
+def test_train_resumes_from_the_previous_checkpoint_when_last_is_truncated(tmp_path):
+    first = tmp_path / "first"
+    run_train(first, "trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=2", "callbacks.sample_grid=null")
+    last = first / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a save cut short
+    resumed = tmp_path / "resumed"
+    proc = run_train(resumed, f"ckpt_path={last}", "trainer.max_steps=6", "callbacks.sample_grid=null")
+    fallback = first / "checkpoints" / "step_0000004.ckpt"
+    assert f"is damaged (not a complete checkpoint); resuming from {fallback}" in proc.stderr
+    assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6

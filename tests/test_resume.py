@@ -1,0 +1,146 @@
+"""Resuming a run at any step, mid-epoch included, continues it bit for bit; its metrics.csv keeps every part."""
+
+import csv
+import shutil
+
+import pytest
+import torch
+from conftest import run_script, run_train
+
+from ddpm.data.device_batches import DeviceBatches
+from ddpm.data.images import TensorImageDataset
+
+# 12 steps of 16 digits (112 batches an epoch, so every checkpoint is mid-epoch), a checkpoint every 4.
+RUN = ["trainer.max_steps=12", "callbacks.checkpoint.every_n_train_steps=4", "callbacks.sample_grid=null"]
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def losses(run_dir) -> dict[int, str]:
+    """step -> train/loss as written (the exact decimal string), for the rows that have one."""
+    with open(run_dir / "csv" / "metrics.csv", newline="") as file:
+        return {int(r["step"]): r["train/loss"] for r in csv.DictReader(file) if r["train/loss"]}
+
+
+def assert_same_state(a, b):
+    assert a["global_step"] == b["global_step"] == 12
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert any(k.startswith("ema.") for k in a["state_dict"])  # the EMA weights and counter are compared too
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    (opt_a,), (opt_b,) = a["optimizer_states"], b["optimizer_states"]
+    assert opt_a["state"].keys() == opt_b["state"].keys() and opt_a["state"]
+    for index, state in opt_a["state"].items():
+        for name, value in state.items():  # exp_avg, exp_avg_sq, step
+            assert torch.equal(value, opt_b["state"][index][name]), (index, name)
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("whole")
+    run_train(run_dir, *RUN)
+    return run_dir
+
+
+def test_resume_mid_epoch_into_a_new_directory_is_bit_identical(whole, tmp_path):
+    assert load(whole / "checkpoints" / "step_0000004.ckpt")["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
+        {"epoch": 0, "batch": 4}
+    ]
+    run_train(tmp_path, *RUN, f"ckpt_path={whole / 'checkpoints' / 'step_0000004.ckpt'}")
+    assert_same_state(load(whole / "checkpoints" / "last.ckpt"), load(tmp_path / "checkpoints" / "last.ckpt"))
+    resumed = losses(tmp_path)
+    assert sorted(resumed) == [5, 7, 9, 11]  # the steps after the resume point (logged every 2)
+    assert resumed == {step: loss for step, loss in losses(whole).items() if step > 4}
+
+
+def test_resume_into_the_same_directory_appends_to_its_metrics_and_matches(whole, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(whole, run_dir)
+    before = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
+    run_train(run_dir, *RUN, f"ckpt_path={run_dir / 'checkpoints' / 'step_0000008.ckpt'}")
+    after = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
+    assert after[: len(before)] == before  # the first part's rows are all still there, unchanged
+    with open(run_dir / "csv" / "metrics.csv", newline="") as file:
+        rows = [r for r in csv.DictReader(file) if r["train/loss"]]
+    assert [int(r["step"]) for r in rows] == [1, 3, 5, 7, 9, 11, 9, 11]  # both parts
+    second = {int(r["step"]): r["train/loss"] for r in rows[6:]}
+    assert second == {step: loss for step, loss in losses(whole).items() if step > 8}
+    assert_same_state(load(whole / "checkpoints" / "last.ckpt"), load(run_dir / "checkpoints" / "last.ckpt"))
+
+
+def test_device_batches_resume_at_the_batch_after_the_last_served_with_the_same_flips():
+    images = torch.randint(0, 256, (40, 1, 2, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    ds = TensorImageDataset(images, torch.arange(40), max_value=255)
+    whole = list(DeviceBatches(ds, 4, hflip=True, seed=3))
+    first = DeviceBatches(ds, 4, hflip=True, seed=3)
+    it = iter(first)
+    served = [next(it) for _ in range(3)]
+    state = first.state_dict()
+    assert state == {"epoch": 0, "batch": 3}
+    resumed = DeviceBatches(ds, 4, hflip=True, seed=3)
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert len(served) + len(rest) == len(whole) == 10
+    for (x, y), (x_ref, y_ref) in zip(served + rest, whole):
+        assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+    assert any(not torch.equal(x, from_ds) for x, from_ds in ((b[0], torch.stack([ds[int(i)][0] for i in b[1]])) for b in whole))  # flips happened
+    # a state of another epoch (Lightning moved on) is ignored: the epoch starts at batch 0
+    other = DeviceBatches(ds, 4, hflip=True, seed=3, epoch=lambda: 1)
+    other.load_state_dict(state)
+    assert len(list(other)) == 10
+
+
+def test_a_checkpoint_at_or_past_max_steps_is_one_line_naming_both_numbers(whole, tmp_path):
+    proc = run_train(tmp_path, *RUN, "trainer.max_steps=2", f"ckpt_path={whole / 'checkpoints' / 'step_0000004.ckpt'}",
+                     check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: ckpt_path= holds step 4 but trainer.max_steps=2: nothing is left to train; set trainer.max_steps above 4"
+    )
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_new_learning_rate_applies_on_resume(whole, tmp_path):
+    proc = run_train(tmp_path, *RUN, "trainer.max_steps=10", "optimizer.lr=2.5e-4",
+                     f"ckpt_path={whole / 'checkpoints' / 'step_0000008.ckpt'}")
+    assert "optimizer.lr=[0.00025] (the checkpoint has [0.001])" in proc.stdout + proc.stderr
+    last = load(tmp_path / "checkpoints" / "last.ckpt")
+    assert last["lr_schedulers"][0]["base_lrs"] == [2.5e-4]
+    assert last["optimizer_states"][0]["param_groups"][0]["lr"] == 2.5e-4  # warm-up (2 steps) is long over
+    with open(tmp_path / "csv" / "metrics.csv", newline="") as file:
+        lrs = {int(r["step"]): float(r["lr-Adam"]) for r in csv.DictReader(file) if r["lr-Adam"]}
+    assert lrs == {9: 2.5e-4}
+
+
+def test_the_toy_resumes_exactly_mid_epoch_and_across_an_epoch_end(tmp_path):
+    # 256 points in batches of 32: 8 batches an epoch, so step 4 is mid-epoch and step 8 an epoch's end.
+    toy = ["experiment=toy_spiral", "data.num_points=256", "data.batch_size=32", "trainer.max_steps=12",
+           "trainer.log_every_n_steps=2", "callbacks.checkpoint.every_n_train_steps=4", "callbacks.toy_plots=null",
+           "callbacks.progress_bar.refresh_rate=0"]
+    run_script("train.py", *toy, f"hydra.run.dir={tmp_path / 'whole'}")
+    reference = load(tmp_path / "whole" / "checkpoints" / "last.ckpt")
+    for step in (4, 8):
+        run_script("train.py", *toy, f"hydra.run.dir={tmp_path / f'from_{step}'}", f"ckpt_path={tmp_path / 'whole' / 'checkpoints' / f'step_{step:07d}.ckpt'}")
+        assert_same_state(reference, load(tmp_path / f"from_{step}" / "checkpoints" / "last.ckpt"))
+        assert losses(tmp_path / f"from_{step}") == {s: v for s, v in losses(tmp_path / "whole").items() if s > step}
+
+
+def test_point_batches_split_ranks_and_resume_where_they_stopped():
+    from ddpm.data.points import PointBatches
+
+    points = torch.arange(24.0).view(12, 2)
+    ranks = [PointBatches(points, 2, seed=1, rank=r, world_size=2) for r in range(2)]
+    seen = torch.cat([b[0] for r in ranks for b in r])
+    assert sorted(seen[:, 0].tolist()) == points[:, 0].tolist()  # disjoint shards that cover the set
+    whole = [b[0] for b in PointBatches(points, 2, seed=1)]
+    first = PointBatches(points, 2, seed=1)
+    it = iter(first)
+    served = [next(it)[0] for _ in range(2)]
+    assert first.state_dict() == {"epoch": 0, "batch": 2}
+    resumed = PointBatches(points, 2, seed=1)
+    resumed.load_state_dict(first.state_dict())
+    both = [*served, *(b[0] for b in resumed)]
+    assert len(both) == len(whole) == 6 and all(torch.equal(a, b) for a, b in zip(both, whole))
