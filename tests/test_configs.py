@@ -71,7 +71,8 @@ DEFAULT_CALLBACKS = ["sample_grid", "checkpoint", "stop_save", "lr_monitor", "th
 def test_callbacks_option_instantiates(name, tmp_path):
     cfg = compose_train(f"callbacks={name}", tmp_path=tmp_path)
     # a one-callback file gives the key of its name; default.yaml lists those files, fid.yaml adds one
-    assert list(cfg.callbacks) == {"default": DEFAULT_CALLBACKS, "fid": [*DEFAULT_CALLBACKS, "fid"]}.get(name, [name])
+    assert list(cfg.callbacks) == {"default": DEFAULT_CALLBACKS, "fid": [*DEFAULT_CALLBACKS, "fid"],
+                                  "classifier_metrics": [*DEFAULT_CALLBACKS, "classifier_metrics"]}.get(name, [name])
     for key, node in cfg.callbacks.items():
         assert isinstance(instantiate(node), get_class(node._target_)), key
 

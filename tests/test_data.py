@@ -165,7 +165,7 @@ def test_datamodule_rejects_a_dataset_of_another_shape():
 def test_datamodule_loader_shuffles_and_drops_last_with_workers():
     dm = ImageDataModule(digits, image_size=8, channels=1, batch_size=1000, num_workers=1, on_device=False)
     loader = dm.train_dataloader()
-    assert loader.drop_last and loader.persistent_workers
+    assert loader.loader.persistent_workers
     batches = list(loader)
     assert len(batches) == 1 and batches[0][0].shape == (1000, 1, 8, 8)
     assert not torch.equal(batches[0][1], digits().labels[:1000])  # shuffled

@@ -2,13 +2,15 @@
 
 import csv
 import shutil
+import time
 
 import pytest
 import torch
-from conftest import run_script, run_train
+from conftest import TINY, compose_train, run_script, run_train
 
 from ddpm.data.device_batches import DeviceBatches
-from ddpm.data.images import TensorImageDataset
+from ddpm.data.images import RandomHFlip, TensorImageDataset
+from ddpm.data.resumable_loader import LoaderBatches
 
 # 12 steps of 16 digits (112 batches an epoch, so every checkpoint is mid-epoch), a checkpoint every 4.
 RUN = ["trainer.max_steps=12", "callbacks.checkpoint.every_n_train_steps=4", "callbacks.sample_grid=null"]
@@ -144,3 +146,67 @@ def test_point_batches_split_ranks_and_resume_where_they_stopped():
     resumed.load_state_dict(first.state_dict())
     both = [*served, *(b[0] for b in resumed)]
     assert len(both) == len(whole) == 6 and all(torch.equal(a, b) for a, b in zip(both, whole))
+
+
+# The DataLoader path (data.on_device=false, as for image folders) with random flips, worker processes and
+# dropout: 96 images in batches of 16, 6 batches an epoch, so step 4 is mid-epoch 0 and step 8 mid-epoch 1.
+LOADER = [*TINY, *RUN, "data=synthetic", "data.dataset.num_images=96", "data.image_size=8", "data.channels=1",
+          "data.batch_size=16", "data.on_device=false", "data.hflip=true", "model.dropout=0.1"]
+
+
+def test_the_dataloader_path_with_flips_workers_and_dropout_resumes_bit_identical(tmp_path):
+    from ddpm.runs.train import train
+
+    train(compose_train(*LOADER, "data.num_workers=2", tmp_path=tmp_path / "whole"))
+    checkpoints = tmp_path / "whole" / "checkpoints"
+    reference = load(checkpoints / "last.ckpt")
+    for step, workers, position in ((4, 0, {"epoch": 0, "batch": 4}), (8, 2, {"epoch": 1, "batch": 2})):
+        ckpt = checkpoints / f"step_{step:07d}.ckpt"
+        assert load(ckpt)["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [position]
+        run_dir = tmp_path / f"from_{step}"
+        train(compose_train(*LOADER, f"data.num_workers={workers}", f"ckpt_path={ckpt}", tmp_path=run_dir))
+        assert_same_state(reference, load(run_dir / "checkpoints" / "last.ckpt"))
+        assert losses(run_dir) == {s: v for s, v in losses(tmp_path / "whole").items() if s > step}
+
+
+class CountingDataset(torch.utils.data.Dataset):
+    """An in-memory dataset that counts, across worker processes, the items it was asked for."""
+
+    def __init__(self, dataset):
+        self.dataset, self.fetched = dataset, torch.multiprocessing.Value("i", 0)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        with self.fetched.get_lock():
+            self.fetched.value += 1
+        return self.dataset[index]
+
+
+def test_loader_state_counts_batches_handed_out_not_prefetched_and_resumes_with_the_device_batches_order():
+    images = torch.randint(0, 256, (40, 1, 2, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    ds = TensorImageDataset(images, torch.arange(40), max_value=255)
+    whole = list(DeviceBatches(ds, 4, hflip=True, seed=3))  # the in-memory path's batches: the same ones
+    counted = CountingDataset(ds)
+    first = LoaderBatches(RandomHFlip(counted), 4, hflip=True, num_workers=2, seed=3)
+    it = iter(first)
+    served = [next(it) for _ in range(3)]
+    for _ in range(500):  # the two workers load ahead (2 batches each): wait until they did
+        if counted.fetched.value > 3 * 4:
+            break
+        time.sleep(0.01)
+    assert counted.fetched.value > 3 * 4  # more was loaded than handed out ...
+    state = first.state_dict()
+    assert state == {"epoch": 0, "batch": 3}  # ... and the state counts what was handed out
+    resumed = LoaderBatches(RandomHFlip(ds), 4, hflip=True, num_workers=2, seed=3)
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert resumed.state_dict() == {"epoch": 0, "batch": 10}
+    assert len(served) + len(rest) == len(whole) == 10
+    for (x, y), (x_ref, y_ref) in zip(served + rest, whole):
+        assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+    unflipped = [torch.stack([ds[int(i)][0] for i in y]) for _, y in whole]
+    assert any(not torch.equal(x, plain) for (x, _), plain in zip(whole, unflipped))  # flips happened
+    shards = [torch.cat([y for _, y in LoaderBatches(ds, 4, seed=3, rank=r, world_size=2)]) for r in (0, 1)]
+    assert sorted(torch.cat(shards).tolist()) == list(range(40))  # two ranks: disjoint shards that cover the set

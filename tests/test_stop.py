@@ -48,6 +48,7 @@ def test_signal_saves_at_the_stop_step_exits_nonzero_and_resumes(tmp_path, signu
     assert f"{signal.Signals(signum).name} at step {step}: saved {last}" in out
     assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]  # no temp file left behind
 
-    resumed = tmp_path / "resumed"
-    run_train(resumed, f"ckpt_path={last}", f"trainer.max_steps={step + 2}", "callbacks.sample_grid=null")
-    assert torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == step + 2
+    # resumed into its own directory, the run keeps writing last.ckpt (not last-v1.ckpt beside a stale one)
+    run_train(run_dir, f"ckpt_path={last}", f"trainer.max_steps={step + 2}", "callbacks.sample_grid=null")
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == step + 2
+    assert not list(last.parent.glob("last-v*.ckpt"))

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ddpm.data.device_batches import DeviceBatches
 from ddpm.data.images import DataError, RandomHFlip, TensorImageDataset
+from ddpm.data.resumable_loader import LoaderBatches
 from ddpm.errors import check_choice
 
 
@@ -34,6 +35,11 @@ class ImageDataModule(L.LightningDataModule):
         name: what the images are, for files computed from them (cached FID reference statistics):
             ``mnist``, ``cifar10``, ... for a dataset that holds the same images under any root;
             None for a folder of images, named by its root instead (see :attr:`dataset_name`).
+        num_classes: the number of class labels (10 for digits, MNIST, Fashion-MNIST, CIFAR-10), for
+            class-conditional models (``model.num_classes: ${data.num_classes}``); checked against the
+            labels at setup. A folder labels images by sub-folder: null there is filled in with the
+            number of sub-folders at setup, but a conditional model is built before that, so it
+            needs ``data.num_classes=K`` set.
     """
 
     def __init__(
@@ -49,6 +55,7 @@ class ImageDataModule(L.LightningDataModule):
         on_device: bool | str = "auto",
         max_device_bytes: int = 4 * 2**30,
         name: str | None = None,
+        num_classes: int | None = None,
     ):
         super().__init__()
         self.on_device = check_choice("data.on_device", on_device, (True, False, "auto"))
@@ -59,6 +66,9 @@ class ImageDataModule(L.LightningDataModule):
         self.dataset_kwargs = {k: v for k, v in (("root", root), ("download", download)) if v is not None}
         self.train_set: Dataset | None = None
         self.name = name
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+            raise DataError(f"data.num_classes={num_classes!r} is not allowed: use null or a positive integer")
+        self.num_classes = num_classes
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -92,6 +102,7 @@ class ImageDataModule(L.LightningDataModule):
         if len(dataset) < self.batch_size:
             too_few = f"dataset has {len(dataset)} images, fewer than data.batch_size={self.batch_size}"
             raise DataError(too_few)
+        self.num_classes = check_num_classes(dataset, self.num_classes)
         self.dataset = dataset
         self.train_set = RandomHFlip(dataset) if self.hflip else dataset
 
@@ -109,24 +120,35 @@ class ImageDataModule(L.LightningDataModule):
             return in_memory and self.dataset.images.numel() <= self.max_device_bytes
         return self.on_device
 
-    def train_dataloader(self) -> DataLoader | DeviceBatches:
-        """Shuffled batches; the last partial batch is dropped."""
+    def train_dataloader(self) -> LoaderBatches | DeviceBatches:
+        """Shuffled batches, resumable mid-epoch; the last partial batch is dropped."""
         if self.train_set is None:
             self.setup("fit")
+        trainer = self.trainer
+        where = {"seed": torch.initial_seed() % 2**62, "rank": trainer.global_rank if trainer else 0,
+                 "world_size": trainer.world_size if trainer else 1,
+                 "epoch": (lambda: trainer.current_epoch) if trainer else None}
         if self.serves_from_device():
-            trainer = self.trainer
-            return DeviceBatches(
-                self.dataset, self.batch_size, hflip=self.hflip, seed=torch.initial_seed() % 2**62,
-                device=trainer.strategy.root_device if trainer else "cpu",
-                rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
-                epoch=(lambda: trainer.current_epoch) if trainer else None,
-            )
-        return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-        )
+            device = trainer.strategy.root_device if trainer else "cpu"
+            return DeviceBatches(self.dataset, self.batch_size, hflip=self.hflip, device=device, **where)
+        return LoaderBatches(self.train_set, self.batch_size, hflip=self.hflip, num_workers=self.num_workers,
+                             pin_memory=torch.cuda.is_available(), **where)
+
+
+def check_num_classes(dataset: Dataset, num_classes: int | None) -> int | None:
+    """``num_classes`` checked against the labels of ``dataset`` (a folder's sub-folders; the largest
+    label of an in-memory set); null for a folder becomes its number of sub-folders."""
+    classes = getattr(dataset, "classes", None)
+    if classes is not None:  # ImageFolderDataset: one label per sub-folder
+        if num_classes is not None and num_classes != len(classes):
+            shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
+            raise DataError(f"data.num_classes={num_classes} but the folder has {len(classes)} sub-folders "
+                            f"({shown}), one class each: set data.num_classes={len(classes)}")
+        return len(classes)
+    labels = getattr(dataset, "labels", None)
+    if num_classes is not None and isinstance(labels, torch.Tensor) and len(labels):
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            raise DataError(f"data.num_classes={num_classes} but the dataset has labels {low}..{high}: "
+                            f"set data.num_classes={high + 1} (labels must lie in [0, num_classes))")
+    return num_classes

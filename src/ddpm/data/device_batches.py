@@ -49,17 +49,40 @@ class ResumableBatches:
         """Batch ``i`` of ``epoch``, the items at ``index`` (B,)."""
         raise NotImplementedError
 
-    def __iter__(self):
+    def begin_epoch(self) -> tuple[int, int]:
+        """Start serving an epoch: (its number, the batch it starts at: 0, or where a resume stopped)."""
         epoch = self.epoch()
         self._epochs_started += 1
         resume, self._resume_at = self._resume_at, None
-        start = resume["batch"] if resume is not None and resume["epoch"] == epoch else 0
+        return epoch, resume["batch"] if resume is not None and resume["epoch"] == epoch else 0
+
+    def served(self, epoch: int, i: int) -> None:
+        """Record that batch ``i`` of ``epoch`` was handed to the training loop."""
+        self._position = {"epoch": epoch, "batch": i + 1}
+
+    def batches(self, epoch: int, start: int = 0):
+        """(i, index (B,)) for the batches ``start``, ``start + 1``, ... of ``epoch`` on this rank.
+
+        One permutation of all items per epoch from a generator seeded by (seed, epoch), identical
+        on every rank; this rank's share is positions rank, rank + W, ... of it.
+        """
         shuffle = torch.Generator(self.device).manual_seed(self.seed + epoch)
         order = torch.randperm(self.size, generator=shuffle, device=self.device)
         order = order[self.rank :: self.world_size]
         for i in range(start, len(self)):
-            batch = self.batch(order[i * self.batch_size : (i + 1) * self.batch_size], epoch, i)
-            self._position = {"epoch": epoch, "batch": i + 1}
+            yield i, order[i * self.batch_size : (i + 1) * self.batch_size]
+
+    def flips(self, epoch: int, i: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        """(n,) bool: which images of batch ``i`` of ``epoch`` to mirror (p=0.5), drawn from ``generator``
+        seeded by (seed, rank, epoch, i), so any resume and any loader draw the same flips."""
+        generator.manual_seed(hash((self.seed, self.rank, epoch, i)) % 2**63)  # host ints: no sync
+        return torch.rand(n, generator=generator, device=generator.device) < 0.5
+
+    def __iter__(self):
+        epoch, start = self.begin_epoch()
+        for i, index in self.batches(epoch, start):
+            batch = self.batch(index, epoch, i)
+            self.served(epoch, i)
             yield batch
 
 
@@ -94,7 +117,6 @@ class DeviceBatches(ResumableBatches):
     def batch(self, index: torch.Tensor, epoch: int, i: int):
         images = from_uint8(self.images[index], self.max_value)  # (B, C, H, W) in [-1, 1]
         if self.hflip:
-            self._flip.manual_seed(hash((self.seed, self.rank, epoch, i)) % 2**63)  # host ints: no sync
-            flip = torch.rand(len(index), generator=self._flip, device=self.device) < 0.5
+            flip = self.flips(epoch, i, len(index), self._flip)  # (B,)
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         return images, self.labels[index]

@@ -14,6 +14,7 @@ import struct
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
 import torchvision.transforms.functional as TF
@@ -56,7 +57,12 @@ class TensorImageDataset(Dataset):
 
 
 class RandomHFlip(Dataset):
-    """Wraps a dataset and mirrors each image left-right with probability ``p``, freshly per draw."""
+    """Wraps a dataset and mirrors images left-right.
+
+    ``self[index]`` mirrors with probability ``p``, freshly per draw; ``self[(index, flip)]`` mirrors
+    iff ``flip``: how the training loader (:class:`~ddpm.data.resumable_loader.LoaderBatches`) passes
+    flips it decided from (seed, rank, epoch, batch), so that a resumed run draws the same ones.
+    """
 
     def __init__(self, dataset: Dataset, p: float = 0.5):
         self.dataset, self.p = dataset, p
@@ -64,9 +70,12 @@ class RandomHFlip(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, bool]):
+        index, flip = key if isinstance(key, tuple) else (key, None)
         image, label = self.dataset[index]
-        if torch.rand(()).item() < self.p:
+        if flip is None:
+            flip = torch.rand(()).item() < self.p
+        if flip:
             image = image.flip(-1)
         return image, label
 
@@ -180,6 +189,22 @@ def _decodes(path: Path) -> bool:
         return False
 
 
+# PIL modes of single-channel images deeper than 8 bits -> the value of full scale. PIL opens a 16-bit
+# grayscale PNG as "I;16" (older versions: "I", 32-bit ints holding 0..65535); float TIFFs as "F".
+FULL_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
+
+
+def unit_float_image(img: Image.Image, full_scale: float, path: Path) -> Image.Image:
+    """A single-channel image deeper than 8 bits as a PIL float image (mode ``F``) in [0, 1]:
+    its values divided by ``full_scale``; values outside [0, full_scale] are a DataError naming the file."""
+    values = np.asarray(img, dtype=np.float64)  # (H, W)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if not (np.isfinite(values).all() and low >= 0 and high <= full_scale):
+        what = "float pixels are taken as 0..1" if full_scale == 1 else f"{img.mode} pixels are taken as 0..65535"
+        raise DataError(f"image '{path}' has values from {low:g} to {high:g}: {what}; rescale the file")
+    return Image.fromarray((values / full_scale).astype(np.float32))
+
+
 class ImageFolderDataset(Dataset):
     """Every image file under ``root`` (recursively), as a square ``(channels, image_size, image_size)``.
 
@@ -220,15 +245,29 @@ class ImageFolderDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        """Image ``index`` as floats in [-1, 1], ``(channels, image_size, image_size)``, and its label.
+
+        8-bit files: ``k * 2 / 255 - 1``. 16-bit grayscale (PIL modes ``I;16*``, and ``I`` as PIL
+        opens 16-bit PNGs): ``k * 2 / 65535 - 1``. Float files (TIFF mode ``F``) are taken as [0, 1]:
+        ``x * 2 - 1``; a float pixel outside [0, 1] is a DataError rather than clipped. These are
+        resized as floats, not squashed to 8 bits first; grayscale becomes RGB by repetition.
+        """
         path = self.files[index]
         try:
             with Image.open(path) as img:
-                img = img.convert(self.mode)
+                img.load()
+                full_range = FULL_SCALE.get(img.mode)
+                img = img.convert(self.mode) if full_range is None else unit_float_image(img, full_range, path)
+        except DataError:
+            raise
         except Exception as e:
             hint = "set data.dataset.skip_bad_files=true to skip such files"
             raise DataError(f"cannot decode image '{path}': {e} ({hint})") from e
         img = TF.center_crop(TF.resize(img, self.image_size), self.image_size)
-        return from_uint8(TF.pil_to_tensor(img)), self.labels[index]
+        if full_range is None:
+            return from_uint8(TF.pil_to_tensor(img)), self.labels[index]
+        image = TF.pil_to_tensor(img) * 2.0 - 1.0  # (1, H, W) float32 in [-1, 1]
+        return image.expand(len(self.mode), -1, -1).contiguous(), self.labels[index]  # "RGB": 3 channels
 
 
 def image_folder(

@@ -44,11 +44,18 @@ def moons(num_points: int, generator: torch.Generator, noise: float = 0.03) -> T
     return (x + noise * torch.randn(x.shape, generator=generator, dtype=torch.float64)).float()
 
 
-def gaussians8(num_points: int, generator: torch.Generator, std: float = 0.04, radius: float = 0.8) -> Tensor:
-    """A mixture of 8 equally weighted Gaussians evenly spaced on a circle."""
-    k = torch.randint(0, 8, (num_points,), generator=generator).double()
+def gaussians8(
+    num_points: int, generator: torch.Generator, std: float = 0.04, radius: float = 0.8, with_labels: bool = False
+) -> Tensor | tuple[Tensor, Tensor]:
+    """A mixture of 8 equally weighted Gaussians evenly spaced on a circle, mode k at angle k pi / 4.
+
+    ``with_labels``: also return each point's mode k (N,) int64 in 0..7, its class label (the same points).
+    """
+    modes = torch.randint(0, 8, (num_points,), generator=generator)  # (N,)
+    k = modes.double()
     centres = radius * torch.stack([(k * math.pi / 4).cos(), (k * math.pi / 4).sin()], dim=1)  # (N, 2)
-    return (centres + std * torch.randn(centres.shape, generator=generator, dtype=torch.float64)).float()
+    points = (centres + std * torch.randn(centres.shape, generator=generator, dtype=torch.float64)).float()
+    return (points, modes) if with_labels else points
 
 
 class PointDataModule(L.LightningDataModule):
@@ -58,18 +65,24 @@ class PointDataModule(L.LightningDataModule):
         dataset: ``dataset(num_points, generator) -> (N, 2)`` (a Hydra ``_partial_`` of a builder above).
         num_points: size of the point set.
         seed: seed of the point set (batch order follows the global seed, as for images).
-        batch_size: points per batch; batches are ``[x]`` with x of shape (B, 2).
+        batch_size: points per batch; batches are ``[x]`` with x of shape (B, 2), or ``[x, labels]``
+            (labels (B,) int64) when the dataset gives labels (a builder returning (points, labels)).
+        num_classes: the number of class labels the dataset gives (8 for gaussians8, its modes), for
+            class-conditional models; None for unlabelled point sets.
     """
 
     def __init__(
-        self, dataset: Callable[..., Tensor], num_points: int = 10_000, seed: int = 0, batch_size: int = 512
+        self, dataset: Callable[..., Tensor], num_points: int = 10_000, seed: int = 0, batch_size: int = 512,
+        num_classes: int | None = None,
     ):
         super().__init__()
         if batch_size > num_points:
             raise ConfigError(f"data.batch_size={batch_size} is more than data.num_points={num_points}")
         self.build_dataset = dataset
         self.num_points, self.seed, self.batch_size = num_points, seed, batch_size
+        self.num_classes = num_classes
         self.points: Tensor | None = None
+        self.labels: Tensor | None = None
 
     @property
     def sample_shape(self) -> tuple[int]:
@@ -78,24 +91,32 @@ class PointDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.points is None:
-            self.points = self.build_dataset(self.num_points, torch.Generator().manual_seed(self.seed))
+            points = self.build_dataset(self.num_points, torch.Generator().manual_seed(self.seed))
+            self.points, self.labels = points if isinstance(points, tuple) else (points, None)  # (N, 2), (N,)
+            if self.num_classes is not None and self.labels is None:
+                raise ConfigError(f"data.num_classes={self.num_classes} but this point set has no labels: "
+                                  "use data.num_classes=null (only data=gaussians8 is labelled)")
+            if self.labels is not None and self.num_classes is not None and int(self.labels.max()) >= self.num_classes:
+                raise ConfigError(f"data.num_classes={self.num_classes} but the point set has labels up to "
+                                  f"{int(self.labels.max())}: labels must lie in [0, num_classes)")
 
     def train_dataloader(self) -> PointBatches:
         self.setup("fit")
         trainer = self.trainer
         return PointBatches(
-            self.points, self.batch_size, seed=torch.initial_seed() % 2**62,
+            self.points, self.batch_size, labels=self.labels, seed=torch.initial_seed() % 2**62,
             rank=trainer.global_rank if trainer else 0, world_size=trainer.world_size if trainer else 1,
             epoch=(lambda: trainer.current_epoch) if trainer else None,
         )
 
 
 class PointBatches(ResumableBatches):
-    """Batches ``[x]``, x (B, 2), of a point set: each gathered by one index tensor; resumable mid-epoch."""
+    """Batches ``[x]``, x (B, 2), of a point set (``[x, labels]`` with labels (B,) when given): each
+    gathered by one index tensor; resumable mid-epoch."""
 
-    def __init__(self, points: Tensor, batch_size: int, **kwargs):
+    def __init__(self, points: Tensor, batch_size: int, labels: Tensor | None = None, **kwargs):
         super().__init__(len(points), batch_size, **kwargs)
-        self.points = points
+        self.points, self.labels = points, labels
 
     def batch(self, index: Tensor, epoch: int, i: int) -> list[Tensor]:
-        return [self.points[index]]
+        return [self.points[index]] if self.labels is None else [self.points[index], self.labels[index]]

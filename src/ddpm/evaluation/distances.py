@@ -14,7 +14,8 @@ from ddpm.errors import ConfigError
 from ddpm.evaluation.feature_stats import FeatureStats
 from ddpm.evaluation.inception import Extractor, extract_features
 
-METRICS = ("fid", "kid", "is", "nll")
+INCEPTION_METRICS = ("fid", "kid", "is")
+METRICS = (*INCEPTION_METRICS, "nll", "fd", "accuracy")  # fd, accuracy: the CPU classifier metrics (classifier_metrics.py)
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ddpm.errors import ConfigError
-from ddpm.nets.embeddings import timestep_embedding
+from ddpm.nets.embeddings import ClassEmbedding, timestep_embedding
 
 
 class MLPDenoiser(nn.Module):
-    """A residual MLP ``net(x_t (B, dim), t (B,)) -> (B, dim)`` conditioned on a sinusoidal embedding of t.
+    """A residual MLP ``net(x_t (B, dim), t (B,), cond=None) -> (B, dim)`` conditioned on a sinusoidal embedding of t.
 
     Each coordinate of x_t enters as sin(f x), cos(f x) for frequencies f from 1 to
     ``coord_scale`` (Fourier features, Tancik et al. 2020): on raw 2-D coordinates an MLP learns
@@ -22,6 +22,9 @@ class MLPDenoiser(nn.Module):
         time_embed_dim: size of the sinusoidal embedding of t.
         coord_embed_dim: size of the sinusoidal embedding of each coordinate (0: raw coordinates).
         coord_scale: the highest frequency of the coordinate features.
+        num_classes: None: unconditional (the parameters of the plain MLP). K: ``class_embed``, a
+            learned (K + 1, hidden) table (row K: the null class) whose row for the label is added
+            to the time embedding.
     """
 
     def __init__(
@@ -32,6 +35,7 @@ class MLPDenoiser(nn.Module):
         time_embed_dim: int = 32,
         coord_embed_dim: int = 32,
         coord_scale: float = 25.0,
+        num_classes: int | None = None,
     ):
         super().__init__()
         if min(dim, hidden, layers, time_embed_dim) < 1 or coord_embed_dim < 0:
@@ -42,9 +46,17 @@ class MLPDenoiser(nn.Module):
         self.inp = nn.Linear(dim * coord_embed_dim if coord_embed_dim else dim, hidden)
         self.blocks = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden)) for _ in range(layers))
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim))
+        self.num_classes = ClassEmbedding.check(num_classes)  # built last: unconditional init unchanged
+        if num_classes is not None:
+            self.class_embed = ClassEmbedding(num_classes, hidden)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """x (B, dim), t (B,), cond: labels (B,) in [0, num_classes] of a conditional net (None: null class)."""
         emb = self.time_mlp(timestep_embedding(t, self.time_embed_dim))  # (B, hidden)
+        if self.num_classes is not None:
+            emb = emb + self.class_embed(cond, len(x), x.device)  # (B, hidden)
+        elif cond is not None:
+            raise ConfigError(ClassEmbedding.UNCONDITIONAL)
         if self.coord_embed_dim:
             # sin(f x), cos(f x) for frequencies f from 1 to coord_scale, per coordinate
             coords = timestep_embedding(self.coord_scale * x.flatten(), self.coord_embed_dim, self.coord_scale)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddpm.errors import ConfigError
-from ddpm.nets.embeddings import timestep_embedding
+from ddpm.nets.embeddings import ClassEmbedding, timestep_embedding
 
 GROUPS = 32
 
@@ -112,6 +112,10 @@ class UNet(nn.Module):
         num_res_blocks: ResBlocks per level in the encoder (the decoder has one more).
         attn_resolutions: resolutions (in pixels) at which self-attention follows each ResBlock.
         dropout: dropout probability inside the ResBlocks.
+        num_classes: None: unconditional (exactly the parameters of the plain DDPM U-Net). K: a
+            class-conditional net with ``class_embed``, a learned (K + 1, 4 * base_channels) table
+            whose row K is the null class; the label's row is added to the timestep embedding
+            (as in Dhariwal & Nichol 2021 and the classifier-free guidance of Ho & Salimans 2022).
     """
 
     def __init__(
@@ -123,6 +127,7 @@ class UNet(nn.Module):
         num_res_blocks: int = 2,
         attn_resolutions: Sequence[int] = (16,),
         dropout: float = 0.1,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         channel_mult, attn_resolutions = tuple(channel_mult), tuple(attn_resolutions)
@@ -166,11 +171,23 @@ class UNet(nn.Module):
                 self.up.append(EmbedSequential(*layers))
 
         self.out = nn.Sequential(norm(ch), nn.SiLU(), zero_init(nn.Conv2d(ch, in_channels, 3, padding=1)))
+        # Built last, so an unconditional net draws its initial weights exactly as before.
+        self.num_classes = ClassEmbedding.check(num_classes)
+        if num_classes is not None:
+            self.class_embed = ClassEmbedding(num_classes, emb_ch)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """Predict from x (B, C, H, W) at timesteps t (B,) (integer or float) a tensor (B, C, H, W)."""
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """Predict from x (B, C, H, W) at timesteps t (B,) (integer or float) a tensor (B, C, H, W).
+
+        ``cond``: class labels (B,) in [0, num_classes] (num_classes = the null class) of a
+        conditional net; None: the null class. An unconditional net takes no ``cond``.
+        """
         t = t.expand(x.shape[0])  # (B,), also accepts a scalar timestep
         emb = self.time_embed(timestep_embedding(t, self.base_channels))  # (B, 4 * base)
+        if self.num_classes is not None:
+            emb = emb + self.class_embed(cond, x.shape[0], x.device)  # (B, 4 * base)
+        elif cond is not None:
+            raise ConfigError(ClassEmbedding.UNCONDITIONAL)
         skips = []
         h = x
         for block in self.down:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from ddpm.errors import ConfigError
 from ddpm.training.module import DiffusionModule
 
 
 def build_module(cfg: DictConfig, datamodule=None) -> DiffusionModule:
-    """The DiffusionModule of a train config (groups model, schedule, denoiser, loss, sampler, optimizer, module).
+    """The DiffusionModule of a train config (groups model, schedule, denoiser, loss, sampler, optimizer,
+    guidance, module).
 
     ``module.sample_shape: null`` takes the shape of one sample from the datamodule (built from
     ``cfg.data`` when not given; nothing is read from disk).
     """
+    check_conditional_data(cfg)
     shape = cfg.module.get("sample_shape")
     if shape is None:
         shape = (datamodule if datamodule is not None else instantiate(cfg.data)).sample_shape
@@ -27,4 +30,17 @@ def build_module(cfg: DictConfig, datamodule=None) -> DiffusionModule:
         loss=instantiate(cfg.loss),
         sampler=instantiate(cfg.sampler),
         optimizer=instantiate(cfg.optimizer),
+        guidance=instantiate(cfg.guidance) if cfg.get("guidance") else None,  # runs from before guidance: None
     )
+
+
+def check_conditional_data(cfg: DictConfig) -> None:
+    """A conditional model that takes ``num_classes`` from data that does not know it yet (a folder:
+    one class per sub-folder, counted only when it is read) is a ConfigError asking for the number."""
+    model = cfg.get("model")
+    if model is None or "num_classes" not in model or not OmegaConf.is_interpolation(model, "num_classes"):
+        return
+    if cfg.data.get("num_classes") is None:
+        raise ConfigError("model.num_classes=${data.num_classes} but the data has no class labels (data.num_classes="
+                          "null): a class-conditional model needs the number of classes, e.g. data.num_classes=K "
+                          "for a folder of K sub-folders, or a labelled dataset (digits, mnist, cifar10, gaussians8)")

@@ -16,23 +16,27 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchvision.utils import save_image
 
 from ddpm.data.pixels import from_uint8
+from ddpm.diffusion.guidance import check_labels, check_scale
 from ddpm.diffusion.likelihood import dataset_bpd
 from ddpm.errors import ConfigError, check_choice
-from ddpm.evaluation.distances import check_metrics, score_images
+from ddpm.evaluation.distances import INCEPTION_METRICS, check_metrics, score_images
 from ddpm.evaluation.feature_stats import FeatureStats
 from ddpm.evaluation.inception import Extractor, InceptionFeatures
-from ddpm.evaluation.npz import load_npz, save_images_npz
+from ddpm.evaluation.npz import check_npz, load_npz, save_images_npz
 from ddpm.evaluation.reference import reference_from_file, reference_statistics
-from ddpm.evaluation.sampling import generate_images
+from ddpm.evaluation.sampling import balanced_labels, generate_images
 from ddpm.plots.grid import image_grid
+from ddpm.runs.classifier_eval import check_classifier_request, classifier_eval, classifier_metrics_of
 from ddpm.runs.load import load_run
+from ddpm.runs.validate import validate_evaluate_config
 from ddpm.training.speed import resolve_speed
 
-SHOWN = ("fid", "kid_mean", "is", "nll_bpd", "images_per_second")  # printed; metrics.json has everything
+SHOWN = ("fid", "kid_mean", "is", "nll_bpd", "fd", "fd_floor", "accuracy",
+         "images_per_second")  # printed; metrics.json has everything
 
 
 def denoiser_changes(cfg: DictConfig) -> dict:
@@ -64,29 +68,74 @@ def load_reference(cfg: DictConfig, data_cfg, extractor: Extractor, device) -> t
     return ref, f"{data_cfg.dataset._target_} train split, {ref.count} images"
 
 
-def sample_run(cfg: DictConfig, module, run_dir: Path, device) -> tuple[np.ndarray, Path, dict]:
-    """Sample the EMA weights with cfg.sampler; write samples.npz and samples.png; time it.
+def plain(value):
+    """A config value as plain Python (lists for JSON)."""
+    return OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
 
-    The default out_dir is ``<run>/eval/<sampler>_<steps>_<num_samples>``, with the denoiser
-    changes appended (``denoiser_tag``), so they never overwrite the samples of the run as trained.
+
+def sample_labels(cfg: DictConfig, module) -> tuple[torch.Tensor | None, float | None, str]:
+    """(labels (N,) or None, guidance scale or None, out_dir tag) from ``class_labels`` and ``guidance_scale``.
+
+    ``class_labels``: null (balanced for a conditional model, none for an unconditional one),
+    ``balanced`` (0, 1, ..., K-1, 0, ...), ``random`` (uniform, from ``seed``), or a list of labels
+    repeated to num_samples. A scale or labels for an unconditional model, or a label outside
+    [0, num_classes), is a ConfigError.
     """
+    choice, scale, num_classes = cfg.get("class_labels"), cfg.get("guidance_scale"), module.num_classes
+    if num_classes is None:
+        for key, value in (("guidance_scale", scale), ("class_labels", choice)):
+            if value is not None:
+                raise ConfigError(f"{key}={value} needs a class-conditional checkpoint; this run's model is "
+                                  "unconditional (model.num_classes=null, trained without labels): leave it unset")
+        return None, None, ""
+    n = cfg.num_samples
+    if choice is None or choice == "balanced":
+        labels, tag = balanced_labels(n, num_classes), ""
+    elif choice == "random":
+        labels, tag = torch.randint(num_classes, (n,), generator=torch.Generator().manual_seed(cfg.seed)), "_random"
+    elif isinstance(choice, (list, tuple, ListConfig)) and len(choice) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in choice):
+        labels = check_labels(torch.tensor(list(choice)), num_classes, "class_labels")
+        labels, tag = labels.repeat(-(-n // len(labels)))[:n], "_labels-" + "-".join(map(str, list(choice)[:8]))
+    else:
+        raise ConfigError(f"class_labels={choice!r} is not allowed: use balanced, random or a list of labels in "
+                          f"[0, {num_classes}), e.g. class_labels=[3,5]")
+    scale = module.guidance_scale if scale is None else check_scale(scale)
+    return labels, scale, f"_s{scale:g}{tag}"
+
+
+def sample_run(cfg: DictConfig, module, run_dir: Path, device) -> tuple[np.ndarray, torch.Tensor | None, Path, dict]:
+    """Sample the EMA weights with cfg.sampler; write samples.npz (with ``labels`` for a conditional
+    model) and samples.png; time it. Returns (images uint8 (N, H, W, C), labels (N,) or None, out_dir, info).
+
+    The default out_dir is ``<run>/eval/<sampler>_<steps>_<num_samples>``, with the guidance scale
+    and labels (``sample_labels``) and the denoiser changes appended (``denoiser_tag``), so they
+    never overwrite the samples of the run as trained.
+    """
+    labels, scale, label_tag = sample_labels(cfg, module)
     sampler = instantiate(cfg.sampler)
     steps = len(sampler.timesteps(module.schedule))
-    tag = denoiser_tag(denoiser_changes(cfg))
+    tag = label_tag + denoiser_tag(denoiser_changes(cfg))
     out_dir = Path(cfg.out_dir or run_dir / "eval" / f"{sampler.name}_{steps}_{cfg.num_samples}{tag}")
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     bf16 = check_choice("precision", cfg.precision, ("fp32", "bf16")) == "bf16"
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     start = time.perf_counter()
     with amp:
-        images = generate_images(module, cfg.num_samples, cfg.batch_size, generator, sampler, cfg.progress)
+        images = generate_images(module, cfg.num_samples, cfg.batch_size, generator, sampler, cfg.progress,
+                                 labels, scale)
     seconds = time.perf_counter() - start
-    save_images_npz(out_dir / "samples.npz", images)
+    save_images_npz(out_dir / "samples.npz", images, None if labels is None else labels.numpy())
     save_image(image_grid(from_uint8(images[:64]).permute(0, 3, 1, 2)), out_dir / "samples.png")  # (N, C, H, W)
     info = dict(sampler=sampler.name, sampler_config=OmegaConf.to_container(cfg.sampler, resolve=True), steps=steps,
                 seconds=seconds, images_per_second=len(images) / seconds, seed=cfg.seed, num_samples=len(images),
                 precision=cfg.precision, compile=cfg.compile)
-    return images, out_dir, info
+    if labels is not None:
+        guided = module.guided(guidance_scale=scale)
+        info.update(num_classes=module.num_classes, guidance_scale=scale, guidance_interval=guided.interval,
+                    guidance_rescale=guided.rescale, class_labels=plain(cfg.get("class_labels")) or "balanced",
+                    label_counts=torch.bincount(labels, minlength=module.num_classes).tolist())
+    return images, labels, out_dir, info
 
 
 def check_request(cfg: DictConfig) -> list[str]:
@@ -101,6 +150,10 @@ def check_request(cfg: DictConfig) -> list[str]:
     if changes and not cfg.ckpt_path:
         given = " ".join(f"denoiser.{k}={v}" for k, v in changes.items())
         raise ConfigError(f"{given} changes how a checkpoint is sampled: it needs ckpt_path=..., not samples_path")
+    validate_evaluate_config(cfg)  # types and ranges, before anything is loaded
+    for path in (cfg.samples_path, cfg.reference_path):
+        if path:
+            check_npz(path)  # from the array headers: not an .npz, object arrays, dtype, NCHW or ambiguous layout
     return metrics
 
 
@@ -111,25 +164,30 @@ def evaluate(cfg: DictConfig, feature_extractor: Extractor | None = None) -> dic
     ``cfg.inception_weights`` when None and a sample metric is asked for.
     """
     metrics = check_request(cfg)
-    scores = [m for m in metrics if m != "nll"]  # the metrics of samples
+    scores = [m for m in metrics if m in INCEPTION_METRICS]  # the Inception metrics of samples
+    # --- CPU classifier metrics (issue 11; ddpm.runs.classifier_eval): fd, accuracy need no Inception ---
+    domain = classifier_metrics_of(metrics)
+    if domain and cfg.samples_path:
+        check_classifier_request(cfg, metrics)  # data=NAME given, labels present for accuracy
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     extractor = feature_extractor
     if scores and extractor is None:
         extractor = InceptionFeatures(cfg.inception_weights)  # fails early without weights
     if isinstance(extractor, torch.nn.Module):
         extractor.to(device)
-    result, images = {}, None
+    result, images, labels = {}, None, None  # labels (N,) of conditional samples, else None
     if cfg.ckpt_path:  # 1. sample the run's EMA weights with the chosen sampler
         run_dir, run_cfg, module = load_run(cfg.ckpt_path, denoiser_changes(cfg))
         module.to(device)
         module.speed_up(*resolve_speed(cfg.channels_last, cfg.compile, device))  # "auto": on a GPU
         data_cfg = cfg.get("data") or run_cfg.data
         test_set = instantiate(data_cfg).test_dataset() if "nll" in metrics else None  # fail before sampling
+        check_classifier_request(cfg, metrics, module.num_classes)  # accuracy needs a conditional model
         denoiser = module.denoiser()
         result.update(ckpt_path=str(cfg.ckpt_path), denoiser=dict(prediction_type=denoiser.prediction_type,
                       clip_denoised=denoiser.clip_denoised, variance=denoiser.variance))
-        if scores:
-            images, out_dir, info = sample_run(cfg, module, run_dir, device)
+        if scores or domain:
+            images, labels, out_dir, info = sample_run(cfg, module, run_dir, device)
             result.update(info)
         else:
             out_dir = Path(cfg.out_dir or run_dir / "eval" / f"nll_{denoiser.variance}_{cfg.nll.num_images}")
@@ -146,6 +204,8 @@ def evaluate(cfg: DictConfig, feature_extractor: Extractor | None = None) -> dic
         reference, result["reference"] = load_reference(cfg, data_cfg, extractor, device)
         result.update(score_images(images, reference, extractor, scores, cfg.kid_subsets, cfg.kid_subset_size,
                                    cfg.batch_size, device, cfg.progress))
+    if domain:  # 2'. FD (and its data floor), per-class FD, accuracy: the dataset's classifier, on the CPU
+        result.update(classifier_eval(cfg, metrics, images, labels, data_cfg))
     if "nll" in metrics:  # 3. the variational bound on test images, with the (possibly changed) denoiser
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
         result.update(dataset_bpd(module.denoiser(use_ema=True), test_set, cfg.nll.num_images,

@@ -17,7 +17,7 @@ from ddpm.errors import ConfigError, root_config_error
 from ddpm.runs.allowlist import checked_config
 from ddpm.runs.build import build_module
 from ddpm.runs.legacy import upgrade_run_config
-from ddpm.training.checkpoint_load import read_checkpoint
+from ddpm.training.checkpoint_load import check_fits, read_checkpoint
 from ddpm.training.module import DiffusionModule
 
 
@@ -73,5 +73,6 @@ def load_run(ckpt_path: str | os.PathLike, denoiser: Mapping | None = None) -> t
         module = build_module(run_cfg)
     except Exception as e:  # Hydra wraps what a constructor raised; a bad value is the user's ConfigError
         raise root_config_error(e) or e
+    check_fits(module, ckpt, checkpoint["state_dict"])  # a checkpoint of another model: one line naming a parameter, not torch's wall
     module.load_state_dict(checkpoint["state_dict"])
     return run_dir, run_cfg, module.eval()  # no dropout in what is measured (module.sample sets it too)

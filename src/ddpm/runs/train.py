@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from pathlib import Path
 
@@ -15,11 +16,49 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm.errors import check_choice
 from ddpm.runs.build import build_module
+from ddpm.runs.validate import validate_train_config
 from ddpm.training.checkpoint_io import resolve_resume
+from ddpm.training.checkpoint_load import check_fits
 
 
 def _not_a_tip(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("💡 Tip:")
+
+
+def _below_warning(record: logging.LogRecord) -> bool:
+    return record.levelno < logging.WARNING
+
+
+def _warning_or_above(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
+class _Stdout(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stdout`` is when a record comes (tests swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def info_to_stdout() -> None:
+    """Lightning's info lines ("Seed set to 0", "GPU available: ...") go to stdout, its warnings and
+    errors stay on stderr, so the stderr of a run stopped by bad input is the one error line."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for console in logger.handlers:
+            if type(console) is not logging.StreamHandler or _warning_or_above in console.filters:
+                continue  # a file, or split already
+            console.addFilter(_warning_or_above)
+            out = _Stdout()
+            out.setFormatter(console.formatter)
+            out.setLevel(console.level)
+            out.addFilter(_below_warning)
+            logger.addHandler(out)
 
 
 def quiet_lightning(num_nodes: int = 1) -> None:
@@ -69,18 +108,24 @@ def report(run_dir: Path) -> None:
 
 
 def train(cfg: DictConfig) -> L.Trainer:
-    """Seed, build data, module and trainer from ``cfg``, fit (resuming from ``cfg.ckpt_path``), report."""
+    """Check the config, seed, build data, module and trainer from ``cfg``, fit (resuming from
+    ``cfg.ckpt_path``), report."""
+    validate_train_config(cfg)  # bad values are one line, before anything is seeded, built or written
+    info_to_stdout()
+    ckpt_path = resolve_resume(cfg.ckpt_path)  # a damaged checkpoint: the newest complete one beside it
     L.seed_everything(cfg.seed, workers=True)
     # highest: fp32, high: TF32, medium: bf16
     torch.set_float32_matmul_precision(
         check_choice("float32_matmul_precision", cfg.float32_matmul_precision, ("highest", "high", "medium"))
     )
     run_dir = Path(cfg.paths.output_dir)
-    save_config(cfg, run_dir)
     datamodule = instantiate(cfg.data)
     module = build_module(cfg, datamodule)
+    if ckpt_path is not None and Path(ckpt_path).is_file():
+        check_fits(module, ckpt_path)  # another model's checkpoint: one line naming a parameter
+    save_config(cfg, run_dir)
     trainer = build_trainer(cfg)
     # weights_only: a resumed checkpoint is read as tensors and plain containers, never unpickled code
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_resume(cfg.ckpt_path), weights_only=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     report(run_dir)
     return trainer

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ddpm.diffusion.denoiser import Denoiser
+from ddpm.diffusion.guidance import ClassifierFreeGuidance, check_labels, check_scale
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import ConfigError
 from ddpm.training.ema import make_ema
@@ -52,6 +53,12 @@ class DiffusionModule(L.LightningModule):
             or ``false``: eager. Compiling leaves the state dict (and so checkpoints) unchanged.
         max_nonfinite_steps: a step whose loss or gradient is not finite is skipped (weights, optimizer
             and EMA untouched) and counted (``train/nonfinite_steps``); this many in a row stop the run.
+        p_uncond: for a class-conditional net (``net.num_classes`` set), the probability that a
+            training label is replaced by the null class, so one network learns the conditional
+            and the unconditional model (Ho & Salimans 2022); 0 trains a purely conditional model.
+        guidance: ``guidance(denoiser=, num_classes=, scale=) -> guided denoiser`` (a Hydra partial of
+            ``ClassifierFreeGuidance``, ``conf/guidance/``): how a conditional model is sampled with
+            labels, and its default scale. None: ``ClassifierFreeGuidance``'s defaults.
     """
 
     def __init__(
@@ -70,11 +77,21 @@ class DiffusionModule(L.LightningModule):
         channels_last: bool | str = "auto",
         compile: bool | str | None = "auto",
         max_nonfinite_steps: int = 20,
+        p_uncond: float = 0.1,
+        guidance: Callable[..., ClassifierFreeGuidance] | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "schedule", "denoiser", "loss", "sampler", "optimizer"], logger=False)
+        self.save_hyperparameters(ignore=["net", "schedule", "denoiser", "loss", "sampler", "optimizer", "guidance"],
+                                  logger=False)
         if warmup_steps < 0:
             raise ConfigError(f"warmup_steps={warmup_steps!r} is not allowed: use 0 (no warm-up) or more")
+        if isinstance(p_uncond, bool) or not isinstance(p_uncond, (int, float)) or not 0.0 <= p_uncond <= 1.0:
+            raise ConfigError(f"module.p_uncond={p_uncond!r} is not allowed: use a probability in [0, 1] "
+                              "(0: purely conditional training)")
+        self.p_uncond = float(p_uncond)
+        self.num_classes: int | None = getattr(net, "num_classes", None)  # None: an unconditional model
+        self.guidance = guidance or ClassifierFreeGuidance
+        self._labels_checked = False
         self.net = net
         self.schedule = schedule
         self.make_denoiser = denoiser
@@ -93,11 +110,24 @@ class DiffusionModule(L.LightningModule):
         self._noise_step = -1  # the optimizer step the noise generator was last seeded for
         self._finite: Tensor | None = None  # this step's device-side finite flag
         self.denoiser()  # a bad denoiser option fails here, before any training
+        if self.num_classes is not None:
+            self.guided()  # and a bad guidance option
 
     # ---- the model as a denoiser ------------------------------------------------------------
     def denoiser(self, use_ema: bool = True) -> Denoiser:
         """The EMA (default) or raw network as a ``Denoiser``: (x_t, t, cond) -> (x0_hat, eps_hat, log_variance)."""
         return self.make_denoiser(net=self.ema.module if use_ema else self.net, schedule=self.schedule)
+
+    def guided(self, use_ema: bool = True, guidance_scale: float | None = None) -> ClassifierFreeGuidance:
+        """The (EMA) denoiser of a conditional model under classifier-free guidance at ``guidance_scale``
+        (s = 1 + w; None: the run's configured scale)."""
+        scale = {} if guidance_scale is None else {"scale": check_scale(guidance_scale)}
+        return self.guidance(denoiser=self.denoiser(use_ema), num_classes=self.num_classes, **scale)
+
+    @property
+    def guidance_scale(self) -> float | None:
+        """The scale conditional samples are drawn at by default (None for an unconditional model)."""
+        return None if self.num_classes is None else self.guided().scale
 
     @torch.no_grad()
     def sample(
@@ -107,13 +137,28 @@ class DiffusionModule(L.LightningModule):
         use_ema: bool = True,
         sampler: Callable | None = None,
         cond: Any = None,
+        guidance_scale: float | None = None,
     ) -> Tensor:
-        """Draw samples (N, *sample_shape) in [-1, 1]; x_T and all noise come from ``generator``."""
+        """Draw samples (N, *sample_shape) in [-1, 1]; x_T and all noise come from ``generator``.
+
+        ``cond``: class labels (N,) in [0, num_classes) of a conditional model, sampled with
+        classifier-free guidance at ``guidance_scale`` (s = 1 + w; None: the run's scale); None:
+        unconditional samples (the null class). Labels or a scale for an unconditional model are
+        a ConfigError.
+        """
+        if self.num_classes is None and guidance_scale is not None:
+            raise ConfigError(f"guidance_scale={guidance_scale!r} needs a class-conditional model; this one is "
+                              "unconditional (model.num_classes=null): leave guidance_scale unset")
+        labels = check_labels(cond, self.num_classes)
+        if labels is not None and len(labels) != num_samples:
+            raise ConfigError(f"{len(labels)} class labels for {num_samples} samples: give one label per sample")
+        denoiser = self.denoiser(use_ema) if labels is None else self.guided(use_ema, guidance_scale)
         was_training = self.training
         self.eval()
         x_T = torch.randn((num_samples, *self.sample_shape), generator=generator, device=self.device)
         x_T = x_T.contiguous(memory_format=self.memory_format) if x_T.ndim == 4 else x_T
-        images = (sampler or self.sampler)(self.denoiser(use_ema), self.schedule, x_T, generator, cond)
+        labels = None if labels is None else labels.to(self.device)
+        images = (sampler or self.sampler)(denoiser, self.schedule, x_T, generator, labels)
         self.train(was_training)
         return images.clamp(-1.0, 1.0)
 
@@ -140,18 +185,24 @@ class DiffusionModule(L.LightningModule):
     # ---- training ---------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         self._noise = torch.Generator(device=self.device)
-        self._seed_noise()
+        self._run_seed = torch.initial_seed()  # the run's seed, before _seed_noise reseeds the global generators
+        self._seed_noise(global_generators=False)  # the data loaders are made after this with the run's seed
+        self._noise_step = -1  # the first training step seeds all again, once Lightning has restored global_step
 
-    def _seed_noise(self) -> None:
-        """Seed the generator of t and eps from (seed, rank, optimizer step).
+    def _seed_noise(self, global_generators: bool = True) -> None:
+        """Seed the generator of t and eps, and torch's global generators, from (seed, rank, optimizer step).
 
         Per rank, so DDP ranks never draw the same t and eps although seed_everything gave them one
         seed; per step, so a run resumed at any step draws the noise of the uninterrupted run with no
-        generator state to checkpoint. Micro-batches of one step (gradient accumulation) continue the
-        stream. Host ints only: no device sync.
+        generator state to checkpoint. The global generators (CPU, and each GPU's default one) serve
+        what else the training step draws, such as dropout masks; they are seeded from the same key
+        too. Micro-batches of one step (gradient accumulation) continue the streams. Host ints only:
+        no device sync.
         """
-        key = f"{torch.initial_seed()}/{self.global_rank}/{self.global_step}".encode()
+        key = f"{self._run_seed}/{self.global_rank}/{self.global_step}".encode()
         self._noise.manual_seed(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % 2**63)
+        if global_generators:
+            torch.manual_seed(int.from_bytes(hashlib.blake2b(key + b"/global", digest_size=8).digest(), "little") % 2**63)
         self._noise_step = self.global_step
 
     def _is_logging_step(self) -> bool:
@@ -160,11 +211,32 @@ class DiffusionModule(L.LightningModule):
         return bool(every) and (self.global_step + 1) % every == 0
 
     def compute_loss(self, batch) -> tuple[Tensor, Tensor]:
-        """Per-sample losses (B,) of the raw network on a batch (images, or (images, labels)), and their t (B,)."""
+        """Per-sample losses (B,) of the raw network on a batch (images, or (images, labels)), and their t (B,).
+
+        A conditional net gets the labels as ``cond``, each replaced by the null class with
+        probability ``p_uncond`` (drawn from the per-rank noise generator before t and eps), so one
+        network learns both fields (Ho & Salimans 2022, Algorithm 1). An unconditional net ignores labels.
+        """
         x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
         if x0.ndim == 4:
             x0 = x0.contiguous(memory_format=self.memory_format)
-        return self.loss(self.denoiser(use_ema=False), x0, self._noise)
+        cond = None if self.num_classes is None else self.training_labels(batch)
+        return self.loss(self.denoiser(use_ema=False), x0, self._noise, cond)
+
+    def training_labels(self, batch) -> Tensor:
+        """The batch's labels (B,), each dropped to the null class ``num_classes`` with probability p_uncond."""
+        if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+            raise ConfigError(f"model.num_classes={self.num_classes} needs labelled batches (images, labels), but the "
+                              "data gives none: use a labelled dataset or model.num_classes=null")
+        labels = batch[1]
+        if not self._labels_checked or labels.device.type == "cpu":  # on an accelerator: the first batch only (a sync)
+            check_labels(labels, self.num_classes, name="data labels")
+            self._labels_checked = True
+        labels = labels.long()
+        if self.p_uncond > 0:
+            drop = torch.rand(labels.shape, generator=self._noise, device=labels.device) < self.p_uncond  # (B,)
+            labels = torch.where(drop, self.num_classes, labels)
+        return labels
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         if self._noise_step != self.global_step:

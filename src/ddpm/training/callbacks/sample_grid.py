@@ -34,13 +34,18 @@ class SampleGrid(PeriodicDrawing):
         seed: the seed of x_T and all sampling noise, the same for every grid.
         compare_raw: put the raw weights' samples beside the EMA's (left: EMA, right: raw),
             from the same noise, to see whether training works before the EMA catches up.
+        per_class: for a class-conditional model, the grid has one row per class of this many
+            samples (instead of ``num_samples``), drawn with the run's guidance (``conf/guidance``).
     """
 
-    def __init__(self, every_n_steps: int = 1000, num_samples: int = 64, seed: int = 0, compare_raw: bool = False):
+    def __init__(self, every_n_steps: int = 1000, num_samples: int = 64, seed: int = 0, compare_raw: bool = False,
+                 per_class: int = 8):
         super().__init__(every_n_steps)
         if num_samples < 1:
             raise ConfigError(f"num_samples={num_samples!r} is not allowed: use 1 or more")
-        self.num_samples = num_samples
+        if per_class < 1:
+            raise ConfigError(f"per_class={per_class!r} is not allowed: use 1 or more")
+        self.num_samples, self.per_class = num_samples, per_class
         self.seed = seed
         self.compare_raw = compare_raw
         self.last_path: Path | None = None
@@ -50,10 +55,14 @@ class SampleGrid(PeriodicDrawing):
         bar = trainer.progress_bar_callback
         sampler = with_progress(pl_module.sampler) if getattr(bar, "is_enabled", False) else None
         grids = []
+        num_classes = getattr(pl_module, "num_classes", None)
+        # a conditional model: row k holds per_class samples of class k, at the configured guidance scale
+        labels = None if num_classes is None else torch.arange(num_classes).repeat_interleave(self.per_class)
+        n, nrow = (self.num_samples, None) if labels is None else (len(labels), self.per_class)
         for use_ema in (True, False) if self.compare_raw else (True,):
             generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-            images = pl_module.sample(self.num_samples, generator=generator, use_ema=use_ema, sampler=sampler)
-            grids.append(image_grid(images))
+            images = pl_module.sample(n, generator=generator, use_ema=use_ema, sampler=sampler, cond=labels)
+            grids.append(image_grid(images, nrow=nrow))
         grid = torch.cat(grids, dim=-1) if len(grids) > 1 else grids[0]  # (C, H, W)
         out = Path(trainer.default_root_dir) / "samples" / f"step_{step:07d}.png"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,175 @@
+"""The composed config checked up front, before anything is seeded, built, read or written.
+
+Each entry of ``TRAIN`` / ``EVALUATE`` names a config key and a check of the value a user types
+there; a key the composed config does not have (a points dataset has no ``data.num_workers``) is
+skipped, and keys no entry names (options other groups add) are left to their constructors. A value
+that fails is a ConfigError of one line, ``key=value is not allowed: use <what is allowed>``, so the
+entry points print it before Lightning prints anything ("Seed set to 0", GPU/TPU lines). Checks
+that need two keys (``sampler.steps`` against ``schedule.num_timesteps``) read the other from the
+same config.
+
+The run directory is checked earlier still, by ``ddpm.errors.run_dir_check`` (a Hydra callback).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ddpm.errors import ConfigError
+
+_ABSENT = object()
+
+# A check takes (value, config) and returns what is allowed when the value is not, else None.
+Check = Callable[[object, DictConfig], "str | None"]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def integer(low: int, high: int | None = None, what: str = "") -> Check:
+    """An integer in ``[low, high]`` (no upper bound when ``high`` is None)."""
+    allowed = what or (f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}")
+    return lambda v, cfg: None if _is_int(v) and v >= low and (high is None or v <= high) else allowed
+
+
+def number(low: float, inclusive: bool = True, high: float | None = None, what: str = "") -> Check:
+    """A finite number above ``low`` (or equal when ``inclusive``) and at most ``high``."""
+    above = f">= {low}" if inclusive else f"> {low}"
+    allowed = what or (f"a number {above}" + (f" and <= {high}" if high is not None else ""))
+
+    def check(v, cfg):
+        ok = _is_number(v) and (v >= low if inclusive else v > low) and (high is None or v <= high)
+        return None if ok else allowed
+
+    return check
+
+
+def boolean(v, cfg) -> str | None:
+    return None if isinstance(v, bool) else "true or false"
+
+
+def one_of(*allowed) -> Check:
+    text = "one of " + ", ".join(map(repr, allowed))
+    return lambda v, cfg: None if v in allowed and type(v) in {type(a) for a in allowed} else text
+
+
+def optional(check: Check, null: str = " (or null)") -> Check:
+    """``check``, or null (``null``: how the message says so)."""
+
+    def allowed(v, cfg):
+        found = None if v is None else check(v, cfg)
+        return None if found is None else f"{found}{null}"
+
+    return allowed
+
+
+def steps_within_schedule(v, cfg) -> str | None:
+    """Sampler steps: an integer from 1 to the schedule's T (a subsequence of its timesteps)."""
+    upper = OmegaConf.select(cfg, "schedule.num_timesteps", default=None)
+    upper = upper if _is_int(upper) and upper >= 1 else None
+    if _is_int(v) and v >= 1 and (upper is None or v <= upper):
+        return None
+    return f"an integer from 1 to schedule.num_timesteps={upper}" if upper else "a positive integer"
+
+
+def existing_file(v, cfg) -> str | None:
+    """A path to a file that exists and is readable (``~`` expanded); a URL (``s3://...``) is left
+    to the reader, as are Lightning's ``last`` / ``best`` / ``hpc`` for ``ckpt_path``."""
+    if not isinstance(v, str) or not v:
+        return "a path to a file"
+    if "://" in v or v in ("last", "best", "hpc"):
+        return None
+    path = Path(v).expanduser()
+    if not path.exists():
+        return f"a file that exists ('{path}' does not)"
+    if not path.is_file():
+        return f"a file, not a directory ('{path}')"
+    if not os.access(path, os.R_OK):
+        return f"a file you can read ('{path}' is not readable)"
+    return None
+
+
+def nonempty_file(v, cfg) -> str | None:
+    """``existing_file``, and not 0 bytes (an .npz)."""
+    missing = existing_file(v, cfg)
+    if missing is None and Path(v).expanduser().is_file() and Path(v).expanduser().stat().st_size == 0:
+        return f"a file that is not empty ('{Path(v).expanduser()}' is 0 bytes)"
+    return missing
+
+
+SEED = integer(0, 2**32 - 1)
+TRAIN: tuple[tuple[str, Check], ...] = (
+    ("seed", SEED),
+    ("float32_matmul_precision", one_of("highest", "high", "medium")),
+    ("ckpt_path", optional(existing_file, "")),  # empty or truncated: resolve_resume falls back or says so
+    ("data.batch_size", integer(1)),
+    ("data.num_workers", integer(0)),
+    ("data.hflip", boolean),
+    ("data.image_size", integer(1)),
+    ("data.channels", one_of(1, 3)),
+    ("data.num_points", integer(1)),
+    ("schedule.num_timesteps", integer(1)),
+    ("sampler.steps", steps_within_schedule),
+    ("callbacks.fid.sampler.steps", steps_within_schedule),
+    ("optimizer.lr", number(0, inclusive=False, what="a number > 0 such as 1e-3")),
+    ("optimizer.weight_decay", number(0)),
+    ("module.warmup_steps", integer(0)),
+    ("module.ema_decay", number(0, high=1, what="a number from 0 to 1 such as 0.999")),
+    ("module.max_nonfinite_steps", integer(1)),
+    ("trainer.max_steps", lambda v, cfg: None if v == -1 or integer(1)(v, cfg) is None
+        else "an integer >= 1, or -1 (no step limit: trainer.max_epochs decides)"),
+    ("trainer.log_every_n_steps", integer(1)),
+    ("trainer.accumulate_grad_batches", integer(1)),
+    ("trainer.gradient_clip_val", optional(number(0))),
+    ("callbacks.checkpoint.every_n_train_steps", optional(integer(0))),
+    ("callbacks.sample_grid.every_n_steps", integer(0)),
+    ("callbacks.sample_grid.num_samples", integer(1)),
+)
+EVALUATE: tuple[tuple[str, Check], ...] = (
+    ("seed", SEED),
+    ("samples_path", optional(nonempty_file, "")),
+    ("reference_path", optional(nonempty_file, "")),
+    ("num_samples", integer(1)),
+    ("batch_size", integer(1)),
+    ("sampler.steps", integer(1, what="an integer >= 1, at most the run's schedule.num_timesteps")),
+    ("precision", one_of("fp32", "bf16")),
+    ("progress", boolean),
+    ("kid_features", integer(1)),
+    ("kid_subsets", integer(1)),
+    ("kid_subset_size", integer(1)),
+    ("reference_count", optional(integer(1))),
+    ("nll.num_images", integer(1)),
+    ("nll.batch_size", integer(1)),
+)
+
+
+def check_config(cfg: DictConfig, spec: tuple[tuple[str, Check], ...]) -> None:
+    """The first value of ``cfg`` that fails its check in ``spec``, as a one-line ConfigError."""
+    for key, check in spec:
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is _ABSENT:
+            continue
+        allowed = check(value, cfg)
+        if allowed is not None:
+            raise ConfigError(f"{key}={value!r} is not allowed: use {allowed}")
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """Types, ranges and cross-field checks of a composed ``conf/train.yaml`` (see ``TRAIN``)."""
+    check_config(cfg, TRAIN)
+
+
+def validate_evaluate_config(cfg: DictConfig) -> None:
+    """Types and ranges of a composed ``conf/evaluate.yaml`` (see ``EVALUATE``). ``ckpt_path`` and the
+    sampler's steps against the run's T are checked where the run is loaded (``ddpm.runs.load``)."""
+    check_config(cfg, EVALUATE)

@@ -1,0 +1,92 @@
+"""FD and accuracy during training: the CPU-cheap sibling of ``FIDCallback``, with the dataset's own
+small classifier (``ddpm.evaluation.classifier``) in place of Inception."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ddpm.errors import ConfigError
+from ddpm.evaluation.classifier import DomainClassifier, load_or_train
+from ddpm.evaluation.classifier_metrics import frechet_to, label_accuracy
+from ddpm.evaluation.sampling import balanced_labels, generate_images
+from ddpm.training.callbacks.fid import lightning_shard
+from ddpm.training.callbacks.periodic import EveryNSteps
+
+
+class ClassifierMetricsCallback(EveryNSteps):
+    """Every ``every_n_steps`` optimizer steps, ``num_samples`` EMA samples scored by the dataset's
+    classifier: ``val/fd`` (Frechet distance of its penultimate features to the training split's) and,
+    for a class-conditional model (balanced labels, the run's guidance scale or ``guidance_scale``),
+    ``val/accuracy`` (the fraction classified as the requested label); also ``val/fd_seconds``.
+    Logged to every logger and published with ``pl_module.log`` (so ``ModelCheckpoint`` can monitor them).
+
+    The classifier is trained once per dataset (seconds for digits, minutes for MNIST on a CPU) and
+    cached in ``cache_dir``; under DDP each rank samples its share and the features are gathered once.
+
+    Args:
+        every_n_steps: steps between evaluations.
+        num_samples: samples per evaluation (FD is biased up for few samples: compare equal counts).
+        batch_size: sampling batch size per rank.
+        sampler: the sampler to use (e.g. a DDIMSampler for speed); None: the module's own.
+        seed: seed of the samples, the same at every evaluation, so changes come from the model.
+        guidance_scale: guidance of conditional models (None: the run's configured scale).
+        cache_dir: where classifiers are cached (None: ``$DDPM_CLASSIFIER_CACHE`` or ``~/.cache/ddpm/classifier``).
+    """
+
+    def __init__(self, every_n_steps: int = 1000, num_samples: int = 1000, batch_size: int = 250, sampler=None,
+                 seed: int = 0, guidance_scale: float | None = None, cache_dir: str | None = None):
+        if every_n_steps < 1 or num_samples < 2 or batch_size < 1:
+            raise ConfigError(
+                f"every_n_steps={every_n_steps!r}, num_samples={num_samples!r}, batch_size={batch_size!r}: "
+                "need every_n_steps >= 1, num_samples >= 2, batch_size >= 1"
+            )
+        super().__init__(every_n_steps)
+        self.num_samples, self.batch_size, self.sampler, self.seed = num_samples, batch_size, sampler, seed
+        self.guidance_scale, self.cache_dir = guidance_scale, cache_dir
+        self.classifier: DomainClassifier | None = None
+        self.last: dict = {}
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Load (or train) the classifier at the start, so a dataset without one fails before training."""
+        if self.classifier is None:
+            self.classifier = load_or_train(trainer.datamodule, self.cache_dir)
+
+    def run(self, trainer, pl_module) -> None:
+        start = time.perf_counter()
+        metrics = self.evaluate(trainer, pl_module)
+        metrics["val/fd_seconds"] = time.perf_counter() - start
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        pl_module.log_dict(metrics, logger=False, rank_zero_only=False)
+
+    @torch.no_grad()
+    def evaluate(self, trainer, pl_module) -> dict:
+        """Sample this rank's share, gather features and logits once; ``{"val/fd": .., "val/accuracy": ..}``
+        (accuracy only for a conditional model), the same on every rank."""
+        if self.classifier is None:
+            self.classifier = load_or_train(trainer.datamodule, self.cache_dir)
+        shard = lightning_shard(trainer, pl_module)
+        starts, sizes = shard.split(self.num_samples)
+        num_classes = getattr(pl_module, "num_classes", None)
+        labels = None
+        if num_classes is not None:
+            labels = balanced_labels(self.num_samples, num_classes)[starts[shard.rank]:][: sizes[shard.rank]]
+            labels = labels.to(pl_module.device)
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed + 1_000_003 * shard.rank)
+        images = generate_images(pl_module, sizes[shard.rank], self.batch_size, generator, self.sampler,
+                                 labels=labels, guidance_scale=self.guidance_scale if labels is not None else None)
+        features, logits = self.classifier.features(images)  # (n, D), (n, K) float64 on the CPU
+        local = torch.from_numpy(np.concatenate([features, logits], 1)).to(pl_module.device)
+        both = shard.gather_rows(local, sizes).cpu().numpy()  # (N, D + K), the one gather
+        d = features.shape[1]
+        out = {"val/fd": frechet_to(both[:, :d], self.classifier.reference)}
+        if labels is not None:
+            out["val/accuracy"] = label_accuracy(both[:, d:], balanced_labels(self.num_samples, num_classes).numpy())
+        self.last = out
+        return out
+
+
+__all__ = ["ClassifierMetricsCallback"]
