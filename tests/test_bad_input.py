@@ -88,6 +88,7 @@ def files(tmp_path_factory):
 # (script, arguments, words of the one stderr line); {name} is a path from ``files``
 TRAIN_CASES = [
     ("data.batch_size=0", "data.batch_size=0 is not allowed: use an integer >= 1"),
+    ("schedule.beta_end=1.5", "beta_end=1.5 is not allowed"),
     ("data.batch_size=-4", "data.batch_size=-4 is not allowed"),
     ("data.batch_size=abc", "data.batch_size='abc' is not allowed"),
     ("data.num_workers=-1", "data.num_workers=-1 is not allowed: use an integer >= 0"),
@@ -125,6 +126,8 @@ TRAIN_CASES = [
     ("ckpt_path={truncated.ckpt}", "ckpt_path={truncated.ckpt} is damaged"),
     ("ckpt_path={text.ckpt}", "ckpt_path={text.ckpt} is damaged"),
     ("ckpt_path={toy.ckpt}", "ckpt_path='{toy.ckpt}' does not fit this model: it has no net."),
+    ("data=spiral model=mlp model.hidden=16 model.layers=1 model.coord_embed_dim=8 schedule=cosine schedule.num_timesteps=20 "
+     "schedule.s=0.02 ckpt_path={toy.ckpt}", "ckpt_path='{toy.ckpt}' was trained with another noise schedule"),
     ("data=spiral model=mlp ckpt_path={toy.ckpt}",
      "ckpt_path='{toy.ckpt}' does not fit this model: net.time_mlp.0.weight has shape [16, 32] in the checkpoint but [64, 32]"),
     ("hydra.run.dir={a_file}/run", "hydra.run.dir='{a_file}/run' cannot be used: '{a_file}' is a file"),

@@ -122,7 +122,7 @@ def train(cfg: DictConfig) -> L.Trainer:
     datamodule = instantiate(cfg.data)
     module = build_module(cfg, datamodule)
     if ckpt_path is not None and Path(ckpt_path).is_file():
-        check_fits(module, ckpt_path)  # another model's checkpoint: one line naming a parameter
+        check_fits(module, ckpt_path, same_schedule=True)  # another model or schedule: one line naming it
     save_config(cfg, run_dir)
     trainer = build_trainer(cfg)
     # weights_only: a resumed checkpoint is read as tensors and plain containers, never unpickled code

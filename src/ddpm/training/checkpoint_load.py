@@ -78,10 +78,12 @@ def _name(key: str) -> str:
     return key.replace("._orig_mod", "")  # torch.compile's wrapper, absent from an eager module's names
 
 
-def check_fits(module: torch.nn.Module, path: str | os.PathLike, state_dict: dict | None = None) -> None:
+def check_fits(module: torch.nn.Module, path: str | os.PathLike, state_dict: dict | None = None,
+               same_schedule: bool = False) -> None:
     """A ConfigError of one line when the checkpoint at ``path`` (its ``state_dict``, when already read)
     does not hold ``module``'s parameters and buffers with its shapes (a checkpoint of another model);
-    names the first that differs.
+    names the first that differs. ``same_schedule`` (a resume): the schedule's buffers must also hold
+    the same values, since the checkpoint's would silently replace the ones the options give.
 
     The file is memory-mapped, so only its index is read here, not its tensors' data.
     """
@@ -93,7 +95,8 @@ def check_fits(module: torch.nn.Module, path: str | os.PathLike, state_dict: dic
         if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
             raise ConfigError(f"ckpt_path='{path}' cannot be read as a checkpoint: it holds no state_dict")
         state_dict = checkpoint["state_dict"]
-    saved = {_name(k): tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    state_dict = {_name(k): v for k, v in state_dict.items()}
+    saved = {k: tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
     wanted = {_name(k): tuple(v.shape) for k, v in module.state_dict().items()}
     hint = "a checkpoint of another model: use the model options it was trained with"
     for key, shape in wanted.items():
@@ -106,3 +109,10 @@ def check_fits(module: torch.nn.Module, path: str | os.PathLike, state_dict: dic
     if extra:
         raise ConfigError(f"ckpt_path='{path}' does not fit this model: the checkpoint has {len(extra)} tensors "
                           f"the model lacks, e.g. {extra[0]} ({hint})")
+    schedule = {k: v for k, v in module.state_dict().items() if k.startswith("schedule.") and same_schedule}
+    for key, value in schedule.items():  # same shapes, checked above; the values too: they win on load
+        if not torch.equal(state_dict[key].to(value.dtype), value.cpu()):
+            raise ConfigError(
+                f"ckpt_path='{path}' was trained with another noise schedule ({key} differs from the one "
+                "the schedule options give): a run's schedule cannot change on resume; resume with its own "
+                "schedule options")
