@@ -105,13 +105,16 @@ def test_a_checkpoint_at_or_past_max_steps_is_one_line_naming_both_numbers(whole
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_a_new_learning_rate_applies_on_resume(whole, tmp_path):
-    proc = run_train(tmp_path, *RUN, "trainer.max_steps=10", "optimizer.lr=2.5e-4",
-                     f"ckpt_path={whole / 'checkpoints' / 'step_0000008.ckpt'}")
+def test_new_optimizer_settings_apply_on_resume(whole, tmp_path):
+    proc = run_train(tmp_path, *RUN, "trainer.max_steps=10", "optimizer.lr=2.5e-4", "+optimizer.weight_decay=0.01",
+                     "+optimizer.betas=[0.8,0.99]", f"ckpt_path={whole / 'checkpoints' / 'step_0000008.ckpt'}")
     assert "optimizer.lr=[0.00025] (the checkpoint has [0.001])" in proc.stdout + proc.stderr
+    assert "optimizer.weight_decay=0.01 (the checkpoint has 0)" in proc.stdout + proc.stderr
     last = load(tmp_path / "checkpoints" / "last.ckpt")
     assert last["lr_schedulers"][0]["base_lrs"] == [2.5e-4]
-    assert last["optimizer_states"][0]["param_groups"][0]["lr"] == 2.5e-4  # warm-up (2 steps) is long over
+    group = last["optimizer_states"][0]["param_groups"][0]
+    assert group["lr"] == 2.5e-4  # warm-up (2 steps) is long over
+    assert group["weight_decay"] == 0.01 and tuple(group["betas"]) == (0.8, 0.99)
     with open(tmp_path / "csv" / "metrics.csv", newline="") as file:
         lrs = {int(r["step"]): float(r["lr-Adam"]) for r in csv.DictReader(file) if r["lr-Adam"]}
     assert lrs == {9: 2.5e-4}

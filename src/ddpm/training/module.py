@@ -284,13 +284,20 @@ class DiffusionModule(L.LightningModule):
             )
 
     def on_train_start(self) -> None:
-        """On a resume, apply a learning rate that differs from the checkpoint's (``optimizer.lr=...``)."""
-        scheduler, configured = self.lr_schedulers(), self._configured_lrs
-        if list(scheduler.base_lrs) == configured:
+        """On a resume, apply the optimizer settings of the config where they differ from the
+        checkpoint's (``optimizer.lr=...``, ``optimizer.weight_decay=...``, betas, eps), one line each."""
+        scheduler = self.lr_schedulers()
+        for i, (group, configured) in enumerate(zip(scheduler.optimizer.param_groups, self._configured_groups, strict=True)):
+            changed = {k: v for k, v in configured.items() if k != "lr" and k in group and group[k] != v}
+            for key, value in changed.items():
+                rank_zero_info(f"optimizer.{key}={value} (the checkpoint has {group[key]}): training continues with it")
+                group[key] = value
+        configured_lrs = [g["lr"] for g in self._configured_groups]
+        if list(scheduler.base_lrs) == configured_lrs:
             return
-        rank_zero_info(f"optimizer.lr={configured} (the checkpoint has {scheduler.base_lrs}): training continues with it")
-        scheduler.base_lrs = list(configured)
-        for group, lr, factor in zip(scheduler.optimizer.param_groups, configured, scheduler.lr_lambdas, strict=True):
+        rank_zero_info(f"optimizer.lr={configured_lrs} (the checkpoint has {scheduler.base_lrs}): training continues with it")
+        scheduler.base_lrs = list(configured_lrs)
+        for group, lr, factor in zip(scheduler.optimizer.param_groups, configured_lrs, scheduler.lr_lambdas, strict=True):
             group["initial_lr"], group["lr"] = lr, lr * factor(scheduler.last_epoch)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
@@ -314,7 +321,9 @@ class DiffusionModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.net.parameters())
-        self._configured_lrs = [group["lr"] for group in optimizer.param_groups]
+        # the optimizer's hyper-parameters as configured (a resume restores the checkpoint's; on_train_start re-applies)
+        self._configured_groups = [{k: v for k, v in group.items() if k in ("lr", "betas", "eps", "weight_decay", "momentum")}
+                                   for group in optimizer.param_groups]
         warmup = self.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
