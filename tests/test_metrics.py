@@ -333,16 +333,19 @@ def test_fid_names_carry_the_sample_count():
     assert Shard(world=4).split(10) == ([0, 3, 6, 8], [3, 3, 2, 2])
 
 
-def test_fid_callback_logs_one_number_equal_to_an_independent_computation(tmp_path):
+@pytest.mark.parametrize("conditional", [False, True], ids=["unconditional", "class-conditional"])
+def test_fid_callback_logs_one_number_equal_to_an_independent_computation(tmp_path, conditional):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
+    from ddpm.evaluation.sampling import balanced_labels
     from ddpm.runs.build import build_module
     from ddpm.diffusion.samplers import DDIMSampler
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("train", overrides=["model=unet_tiny", "schedule.num_timesteps=20", "data.batch_size=16", "data.num_workers=0"])
+        cfg = compose("train", overrides=["model=unet_tiny", "schedule.num_timesteps=20", "data.batch_size=16", "data.num_workers=0",
+                                          *(["model.num_classes=${data.num_classes}"] if conditional else [])])
     module, datamodule = build_module(cfg), instantiate(cfg.data)
     extractor, logger = StandIn(), Capture()
     callback = FIDCallback(every_n_steps=2, num_samples=6, batch_size=4, sampler=DDIMSampler(3), seed=5,
@@ -356,7 +359,9 @@ def test_fid_callback_logs_one_number_equal_to_an_independent_computation(tmp_pa
     fids = [(step, m["val/fid_6"]) for step, m in logger.logged if "val/fid_6" in m]
     assert len(fids) == 1 and fids[0][0] == 2
     # the same samples (rank 0's seed, EMA weights, the callback's sampler and batches) scored by hand
-    images = generate_images(module, 6, 4, torch.Generator().manual_seed(5), DDIMSampler(3))
+    # (a conditional model: balanced labels, guided at the run's scale)
+    labels = balanced_labels(6, 10) if conditional else None
+    images = generate_images(module, 6, 4, torch.Generator().manual_seed(5), DDIMSampler(3), labels=labels)
     stats = FeatureStats.from_features(extract_features(images, StandIn())["pool3"])
     ref = load_npz(tmp_path / "digits-train-n64-1x8px.npz")
     assert fids[0][1] == pytest.approx(frechet_distance(stats.mu, stats.sigma, ref.mu, ref.sigma), rel=1e-9)

@@ -13,7 +13,7 @@ from ddpm.evaluation.distances import frechet_distance
 from ddpm.evaluation.feature_stats import FeatureStats
 from ddpm.evaluation.inception import Extractor, InceptionFeatures, extract_features
 from ddpm.evaluation.reference import Shard, reference_from_file, reference_statistics
-from ddpm.evaluation.sampling import generate_images
+from ddpm.evaluation.sampling import balanced_labels, generate_images
 from ddpm.training.callbacks.periodic import EveryNSteps
 
 
@@ -128,9 +128,13 @@ class FIDCallback(EveryNSteps):
             self.extractor.to(pl_module.device)
         shard = lightning_shard(trainer, pl_module)
         reference = self._reference(trainer, pl_module, shard)
-        _, sizes = shard.split(self.num_samples)
+        starts, sizes = shard.split(self.num_samples)
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed + 1_000_003 * shard.rank)
-        images = generate_images(pl_module, sizes[shard.rank], self.batch_size, generator, self.sampler)
+        labels = None  # a class-conditional model: balanced labels, guided at the run's scale
+        if getattr(pl_module, "num_classes", None) is not None:
+            labels = balanced_labels(self.num_samples, pl_module.num_classes)[starts[shard.rank]:][: sizes[shard.rank]]
+            labels = labels.to(pl_module.device)
+        images = generate_images(pl_module, sizes[shard.rank], self.batch_size, generator, self.sampler, labels=labels)
         local = extract_features(images, self.extractor, self.batch_size, pl_module.device)["pool3"]
         local = torch.from_numpy(local).to(pl_module.device)
         features = shard.gather_rows(local, sizes).cpu().numpy()  # (K, D), the one gather
