@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY, compose_train, run_script, run_train
+from conftest import TINY, compose_train, run_train
 
 from ddpm.data.device_batches import DeviceBatches
 from ddpm.data.images import RandomHFlip, TensorImageDataset
@@ -14,6 +14,13 @@ from ddpm.data.resumable_loader import LoaderBatches
 
 # 12 steps of 16 digits (112 batches an epoch, so every checkpoint is mid-epoch), a checkpoint every 4.
 RUN = ["trainer.max_steps=12", "callbacks.checkpoint.every_n_train_steps=4", "callbacks.sample_grid=null"]
+
+
+def train_here(run_dir, *overrides):
+    """``python train.py TINY overrides`` in this process (no interpreter start): the run in ``run_dir``."""
+    from ddpm.runs.train import train
+
+    train(compose_train(*TINY, *overrides, tmp_path=run_dir))
 
 
 def load(path):
@@ -43,7 +50,7 @@ def assert_same_state(a, b):
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("whole")
-    run_train(run_dir, *RUN)
+    train_here(run_dir, *RUN)
     return run_dir
 
 
@@ -51,7 +58,7 @@ def test_resume_mid_epoch_into_a_new_directory_is_bit_identical(whole, tmp_path)
     assert load(whole / "checkpoints" / "step_0000004.ckpt")["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
         {"epoch": 0, "batch": 4}
     ]
-    run_train(tmp_path, *RUN, f"ckpt_path={whole / 'checkpoints' / 'step_0000004.ckpt'}")
+    train_here(tmp_path, *RUN, f"ckpt_path={whole / 'checkpoints' / 'step_0000004.ckpt'}")
     assert_same_state(load(whole / "checkpoints" / "last.ckpt"), load(tmp_path / "checkpoints" / "last.ckpt"))
     resumed = losses(tmp_path)
     assert sorted(resumed) == [5, 7, 9, 11]  # the steps after the resume point (logged every 2)
@@ -62,7 +69,7 @@ def test_resume_into_the_same_directory_appends_to_its_metrics_and_matches(whole
     run_dir = tmp_path / "run"
     shutil.copytree(whole, run_dir)
     before = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
-    run_train(run_dir, *RUN, f"ckpt_path={run_dir / 'checkpoints' / 'step_0000008.ckpt'}")
+    train_here(run_dir, *RUN, f"ckpt_path={run_dir / 'checkpoints' / 'step_0000008.ckpt'}")
     after = (run_dir / "csv" / "metrics.csv").read_text().splitlines()
     assert after[: len(before)] == before  # the first part's rows are all still there, unchanged
     with open(run_dir / "csv" / "metrics.csv", newline="") as file:
@@ -125,10 +132,13 @@ def test_the_toy_resumes_exactly_mid_epoch_and_across_an_epoch_end(tmp_path):
     toy = ["experiment=toy_spiral", "data.num_points=256", "data.batch_size=32", "trainer.max_steps=12",
            "trainer.log_every_n_steps=2", "callbacks.checkpoint.every_n_train_steps=4", "callbacks.toy_plots=null",
            "callbacks.progress_bar.refresh_rate=0"]
-    run_script("train.py", *toy, f"hydra.run.dir={tmp_path / 'whole'}")
+    from ddpm.runs.train import train
+
+    train(compose_train(*toy, tmp_path=tmp_path / "whole"))
     reference = load(tmp_path / "whole" / "checkpoints" / "last.ckpt")
     for step in (4, 8):
-        run_script("train.py", *toy, f"hydra.run.dir={tmp_path / f'from_{step}'}", f"ckpt_path={tmp_path / 'whole' / 'checkpoints' / f'step_{step:07d}.ckpt'}")
+        train(compose_train(*toy, f"ckpt_path={tmp_path / 'whole' / 'checkpoints' / f'step_{step:07d}.ckpt'}",
+                            tmp_path=tmp_path / f"from_{step}"))
         assert_same_state(reference, load(tmp_path / f"from_{step}" / "checkpoints" / "last.ckpt"))
         assert losses(tmp_path / f"from_{step}") == {s: v for s, v in losses(tmp_path / "whole").items() if s > step}
 

@@ -94,15 +94,7 @@ def test_a_crafted_checkpoint_is_one_line_from_evaluate_py(tmp_path):
     assert not marker.exists()
 
 
-def test_resuming_from_a_crafted_checkpoint_runs_nothing(tmp_path):
-    marker = tmp_path / "marker"
-    ckpt = payload_checkpoint(tmp_path / "evil" / "last.ckpt", marker)
-    proc = run_train(tmp_path / "out", f"ckpt_path={ckpt}", "trainer.max_steps=2", check=False)
-    assert proc.returncode != 0 and not marker.exists()
-    assert "cannot be read as a checkpoint" in proc.stderr or "Weights only load failed" in proc.stderr
-
-
-def test_resuming_from_a_crafted_checkpoint_is_one_line(tmp_path):
+def test_resuming_from_a_crafted_checkpoint_runs_nothing_and_is_one_line(tmp_path):
     marker = tmp_path / "marker"
     ckpt = payload_checkpoint(tmp_path / "evil" / "last.ckpt", marker)
     proc = run_train(tmp_path / "out", f"ckpt_path={ckpt}", "trainer.max_steps=2", check=False)
