@@ -23,6 +23,7 @@ from ddpm.diffusion.denoiser import Denoiser, at_timestep
 from ddpm.diffusion.guidance import ClassifierFreeGuidance
 from ddpm.diffusion.samplers import DDPMSampler
 from ddpm.evaluation.mixture import fraction_on_mode
+from ddpm.evaluation.sampling import balanced_labels
 from ddpm.plots.toy import _dot
 
 FIELD_FRACTIONS = (0.9, 0.5, 0.2, 0.05)  # t / T of the field columns
@@ -146,7 +147,7 @@ def guidance_figure(
         ax.scatter(*centres[label].tolist(), marker="*", s=220, color=colors[label], edgecolors="k", zorder=4)
     fig.colorbar(quiver, ax=axes[:-1], label=r"$|\hat x_0(x_t, t) - x_t|$", shrink=0.6, pad=0.01)
 
-    labels = torch.arange(num_classes * samples_per_class, device=device) % num_classes  # balanced: 0, 1, .., K-1, ..
+    labels = balanced_labels(num_classes * samples_per_class, num_classes).to(device)  # 0, 1, .., K-1, 0, ..
     for ax, s in zip(axes[-1], sample_scales):
         x = guided_samples(ClassifierFreeGuidance(denoiser, num_classes, scale=s, **guidance), labels, sampler, seed)
         _draw_classes(ax, data, data_labels, ["0.8"] * num_classes, alpha=1.0, size=1)

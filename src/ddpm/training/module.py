@@ -287,7 +287,7 @@ class DiffusionModule(L.LightningModule):
         """On a resume, apply the optimizer settings of the config where they differ from the
         checkpoint's (``optimizer.lr=...``, ``optimizer.weight_decay=...``, betas, eps), one line each."""
         scheduler = self.lr_schedulers()
-        for i, (group, configured) in enumerate(zip(scheduler.optimizer.param_groups, self._configured_groups, strict=True)):
+        for group, configured in zip(scheduler.optimizer.param_groups, self._configured_groups, strict=True):
             changed = {k: v for k, v in configured.items() if k != "lr" and k in group and group[k] != v}
             for key, value in changed.items():
                 rank_zero_info(f"optimizer.{key}={value} (the checkpoint has {group[key]}): training continues with it")
