@@ -2,13 +2,16 @@
 
     python train.py                                  # 8x8 digits on the CPU, no network
     python train.py experiment=cifar10_ddpm trainer=ddp trainer.devices=8 logger=wandb
-    python train.py ckpt_path=outputs/train/RUN/checkpoints/last.ckpt
+    python train.py resume=outputs/train/RUN        # continue a run in place, from its newest checkpoint
 """
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from ddpm.errors import report_config_errors
+from ddpm.runs.resume import resume_argv
 from ddpm.runs.train import train
 
 
@@ -19,4 +22,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = resume_argv(sys.argv)  # resume=RUN_DIR: the run's own overrides, its directory, ckpt_path=auto
     main()

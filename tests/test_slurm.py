@@ -1,12 +1,15 @@
 """`python train.py -m hydra/launcher=slurm` on a real SLURM cluster (scripts/slurm_cluster.sh starts a
 one-node one here): submitted through hydra-submitit-launcher, run by srun, finished, checkpoint written."""
 
+import os
 import shutil
 import subprocess
+import sys
+import time
 
 import pytest
 import torch
-from conftest import TINY, run_script
+from conftest import ROOT, TINY, run_script
 
 pytestmark = pytest.mark.slurm
 
@@ -66,3 +69,73 @@ def test_two_tasks_run_ddp_over_gloo(tmp_path):
     assert "global_rank=0(2)" in log and "distributed_backend=gloo" in log and "Starting with 2 processes" in log
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2 and ckpt["state_dict"]["ema.n_averaged"].item() == 2
+
+
+def job_id_of(sweep_dir, timeout: float = 120) -> str:
+    """The SLURM id of the one job submitted into ``sweep_dir`` (submitit names a folder by it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = [p.name for p in (sweep_dir / ".submitit").glob("*") if p.is_dir() and p.name.isdigit()]
+        if jobs:
+            return jobs[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no job was submitted into {sweep_dir}")
+
+
+def wait_for(path, proc, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out, _ = proc.communicate(timeout=30) if proc.poll() is not None else ("", "")
+            raise AssertionError(f"{path} never appeared (submitter exit {proc.poll()}):\n{(out or '')[-3000:]}")
+        time.sleep(0.1)
+
+
+def test_a_preempted_ddp_job_resumes_in_place_and_ends_as_an_uninterrupted_one(tmp_path):
+    """Two tasks (DDP over gloo) under hydra/launcher=slurm; preempted as a cluster does before a time
+    limit (USR1, then Lightning's requeue), it continues in the same run directory from the HPC
+    checkpoint, keeps its W&B run id, and its final weights, EMA and optimizer state equal those of
+    the same job run without interruption."""
+    settings = [
+        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+        "trainer.benchmark=false", "trainer.max_steps=30", "callbacks.checkpoint.every_n_train_steps=5",
+        "logger=wandb", "callbacks.throughput=null",
+    ]
+    env = {"OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    pre = tmp_path / "preempted"
+    submitter = subprocess.Popen(
+        [sys.executable, "train.py", "-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null",
+         "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={pre}", *TINY, "callbacks.sample_grid=null", *settings],
+        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    job = job_id_of(pre)
+    run_dir = pre / "0"
+    wait_for(run_dir / "checkpoints" / "step_0000010.ckpt", submitter)
+    # what a cluster sends --signal=USR1@<delay> seconds before the time limit; Lightning requeues
+    subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
+    out, _ = submitter.communicate(timeout=400)
+    assert submitter.returncode == 0, out[-3000:]
+
+    log = (pre / ".submitit" / job / f"{job}_0_log.out").read_text()
+    hpc = sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
+    assert [p.name for p in hpc] == ["hpc_ckpt_1.ckpt"], (list(run_dir.iterdir()), log[-3000:])
+    at = torch.load(hpc[0], map_location="cpu", weights_only=True)["global_step"]
+    assert 10 <= at < 30, at  # saved mid-run, at a step boundary
+    assert f"resuming {run_dir} from {hpc[0]} (step {at})" in log, log[-3000:]
+    restarts = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    assert "Restarts=1" in restarts, restarts
+
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert final["global_step"] == 30
+    run_id = (run_dir / "wandb_id").read_text().strip()
+    parts = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(parts) == 2 and {p.name.rsplit("-", 1)[1] for p in parts} == {run_id}  # one W&B run, two starts
+
+    _, ref_dir = submit(tmp_path / "uninterrupted", *settings)
+    ref = torch.load(ref_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ref["global_step"] == 30
+    assert final["state_dict"].keys() == ref["state_dict"].keys()
+    for key, value in ref["state_dict"].items():  # the network, its EMA and the schedule
+        assert torch.equal(final["state_dict"][key], value), key
+    for a, b in zip(final["optimizer_states"][0]["state"].values(), ref["optimizer_states"][0]["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in ("exp_avg", "exp_avg_sq", "step"))

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from ddpm.errors import check_choice
 from ddpm.runs.build import build_module
 from ddpm.runs.validate import validate_train_config
-from ddpm.training.checkpoint_io import resolve_resume
+from ddpm.training.checkpoint_io import find_resume, resolve_resume
 from ddpm.training.checkpoint_load import check_fits
 
 
@@ -103,16 +103,50 @@ def save_config(cfg: DictConfig, run_dir: Path) -> None:
 def report(run_dir: Path) -> None:
     print(f"\nrun directory: {run_dir}")
     print(f"  config:      {run_dir / 'config.yaml'}")
-    print(f"  checkpoints: {run_dir / 'checkpoints'} (last.ckpt resumes with ckpt_path=...)")
+    print(f"  checkpoints: {run_dir / 'checkpoints'} (continue the run with resume={run_dir})")
     print(f"  samples:     {run_dir / 'samples'}")
+
+
+def on_slurm() -> bool:
+    """Whether this process is a task of a SLURM batch job (what Lightning's SLURMEnvironment detects)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    return SLURMEnvironment.detect()
+
+
+@rank_zero_only
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def checkpoint_to_resume(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """What ``trainer.fit`` resumes from.
+
+    - ``auto``, and null in a SLURM job (a requeued job restarts in its own run directory): the run
+      directory's newest complete checkpoint (``find_resume``: Lightning's ``hpc_ckpt_N.ckpt`` or
+      ``checkpoints/*.ckpt``, the highest step), or None, a fresh start, when it has none yet.
+      Lightning's own choice on SLURM (``ckpt_path="hpc"``) would pass over a newer ``last.ckpt``
+      and raise on a first start (Lightning #20347); the path found is given to it instead.
+    - a path: that checkpoint, or when it is damaged the newest complete one beside it.
+    """
+    if ckpt_path == "auto" or (ckpt_path is None and on_slurm()):
+        found = find_resume(run_dir)
+        if found is None:
+            if ckpt_path == "auto":
+                _say(f"ckpt_path=auto: no checkpoint in {run_dir} yet, starting at step 0")
+            return None
+        path, step = found
+        _say(f"resuming {run_dir} from {path} (step {step}), its newest complete checkpoint")
+        return str(path)
+    return resolve_resume(ckpt_path)  # a damaged checkpoint: the newest complete one beside it
 
 
 def train(cfg: DictConfig) -> L.Trainer:
     """Check the config, seed, build data, module and trainer from ``cfg``, fit (resuming from
-    ``cfg.ckpt_path``), report."""
+    ``cfg.ckpt_path``; ``auto``: the run directory's newest checkpoint), report."""
     validate_train_config(cfg)  # bad values are one line, before anything is seeded, built or written
     info_to_stdout()
-    ckpt_path = resolve_resume(cfg.ckpt_path)  # a damaged checkpoint: the newest complete one beside it
+    ckpt_path = checkpoint_to_resume(cfg.ckpt_path, Path(cfg.paths.output_dir))
     L.seed_everything(cfg.seed, workers=True)
     # highest: fp32, high: TF32, medium: bf16
     torch.set_float32_matmul_precision(

@@ -117,6 +117,40 @@ def resolve_resume(ckpt_path: str | None) -> str | None:
     return str(found)
 
 
+def saved_step(path: str | os.PathLike) -> int:
+    """The ``global_step`` a complete checkpoint was saved at (its tensors are memory-mapped, not read)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return int(checkpoint.get("global_step", -1)) if isinstance(checkpoint, dict) else -1
+
+
+def run_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The checkpoints a run directory holds: Lightning's ``hpc_ckpt_N.ckpt`` (written when SLURM's
+    requeue signal came) in the run directory and ``checkpoints/*.ckpt`` (``last.ckpt``, the periodic
+    ones, the stop save)."""
+    run_dir = Path(run_dir)
+    return sorted([*run_dir.glob("hpc_ckpt_*.ckpt"), *(run_dir / "checkpoints").glob("*.ckpt")])
+
+
+def find_resume(run_dir: str | os.PathLike) -> tuple[Path, int] | None:
+    """The newest complete checkpoint of ``run_dir`` and its step: the highest ``global_step``, the
+    most recently written among equals; None when the run has none (a first start). Damaged files (a
+    save cut short) are passed over, and the temp files a killed save left are removed."""
+    if rank_zero_only.rank == 0:
+        for directory in (Path(run_dir), Path(run_dir) / "checkpoints"):
+            remove_orphans(directory)
+    best = None
+    for path in run_checkpoints(run_dir):
+        if not is_complete(path):
+            continue
+        try:
+            key = (saved_step(path), path.stat().st_mtime)
+        except Exception:  # unreadable as tensors and plain containers: not one of ours, not resumed from
+            continue
+        if best is None or key > best[0]:
+            best = (key, path)
+    return None if best is None else (best[1], best[0][0])
+
+
 def is_local(path) -> bool:
     """Whether ``path`` is on the local filesystem (no ``s3://``-style protocol)."""
     return get_protocol(str(path)) == "file"

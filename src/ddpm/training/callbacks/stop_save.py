@@ -1,4 +1,5 @@
-"""Save a checkpoint when SIGTERM or SIGINT stops training, and exit with the signal's code."""
+"""Save a checkpoint when a signal stops training, on every rank at the same step, and exit with the
+signal's code; on SLURM's requeue signal, let Lightning save its HPC checkpoint and requeue the job."""
 
 from __future__ import annotations
 
@@ -7,48 +8,93 @@ import threading
 from pathlib import Path
 
 import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+# What a rank received, as a number all ranks can agree on with one MAX all-reduce: requeue wins over
+# a stop (the job must come back), a stop (SIGTERM) over Ctrl+C (the same save, another exit code).
+_NONE, _INT, _TERM, _REQUEUE = 0, 1, 2, 3
+
+
+def slurm_requeue_signal(trainer: L.Trainer) -> int | None:
+    """The signal on which Lightning's SLURMEnvironment saves and requeues (USR1 unless configured
+    otherwise), or None when not on SLURM or ``auto_requeue=False``."""
+    environment = trainer._accelerator_connector.cluster_environment
+    if isinstance(environment, SLURMEnvironment) and environment.auto_requeue and environment.requeue_signal:
+        return int(environment.requeue_signal)
+    return None
+
 
 class StopSave(L.Callback):
-    """On SIGTERM (SLURM, Kubernetes) or SIGINT (Ctrl+C), finish the current step, write ``last.ckpt``
-    at it and exit ``128 + signal`` (143, 130), so a scheduler never records a stopped run as done.
+    """Stop at a step boundary on a signal, save, and exit ``128 + signal``, so nothing is lost and a
+    scheduler never records a stopped run as done.
 
-    SIGTERM is Lightning's: its handler sets ``trainer.received_sigterm`` and the loop raises
-    ``SIGTERMException`` after the step (LR schedule stepped, counters advanced), which reaches
-    ``on_exception``. SIGINT is routed the same way instead of a ``KeyboardInterrupt`` in the middle
-    of an optimizer or EMA update; a second Ctrl+C interrupts at once, saving nothing.
-    ``dirpath``: where ``last.ckpt`` goes when no ModelCheckpoint is configured.
+    - SIGTERM (SLURM preemption or ``scancel``, Kubernetes) and SIGINT (Ctrl+C): finish the step,
+      write ``last.ckpt`` at it, exit 143 / 130. A second Ctrl+C interrupts at once, saving nothing.
+    - SLURM's requeue signal (USR1 at ``--signal=USR1@<delay>`` before the time limit, or
+      ``scancel --signal=USR1``): finish the step, then Lightning's own SLURM handler writes
+      ``<run dir>/hpc_ckpt_N.ckpt`` and runs ``scontrol requeue``; the requeued job resumes from it
+      (``ckpt_path=auto``, the default in a SLURM job). Lightning stays the only owner of requeue.
+
+    The handlers only note the signal. Lightning's would act inside the handler, i.e. anywhere in a
+    step: its SLURM handler saves between an optimizer update and the EMA update or step counter,
+    and its SIGTERM handler broadcasts to the other ranks, a collective that under DDP can pair with
+    another rank's gradient all-reduce. Here every rank shares what it received at the end of each
+    step (one MAX all-reduce of a number), and all stop together after the step, where Lightning
+    checks ``received_sigterm`` (LR schedule stepped, counters advanced), raising ``SIGTERMException``
+    into ``on_exception``. ``dirpath``: where ``last.ckpt`` goes when no ModelCheckpoint is configured.
     """
 
     def __init__(self, dirpath: str | None = None):
         self.dirpath = dirpath
-        self.signum: int | None = None
-        self._previous_sigint = None
+        self.signum: int | None = None  # the signal acted on, once every rank knows of it
+        self._received = _NONE  # what this rank's handlers noted
+        self._codes: dict[int, int] = {}
+        self._previous: dict[int, object] = {}
+
+    # --- the handlers: note, nothing more ---------------------------------------------------------
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.signum = None
+        self.signum, self._received = None, _NONE
+        self._codes = {int(signal.SIGINT): _INT, int(signal.SIGTERM): _TERM}
+        requeue = slurm_requeue_signal(trainer)
+        if requeue is not None:
+            self._codes[requeue] = _REQUEUE
+        if threading.current_thread() is threading.main_thread():  # Lightning's are restored at teardown
+            self._previous = {s: signal.signal(s, self._on_signal) for s in self._codes}
+
+    def _on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self._received == _INT:
+            raise KeyboardInterrupt  # the second Ctrl+C
+        self._received = max(self._received, self._codes[signum])
+
+    def _restore(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+            for s, handler in self._previous.items():
+                signal.signal(s, handler)
+        self._previous = {}
 
-    def _on_sigint(self, signum, frame) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-        # Lightning's SIGTERM handler: sets received_sigterm (broadcast to every rank under DDP).
-        handler = signal.getsignal(signal.SIGTERM)
-        if callable(handler):
-            handler(signum, frame)
+    # --- the step boundary: agree, then let Lightning raise after the step ------------------------
 
-    def _restore_sigint(self) -> None:
-        if self._previous_sigint is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self._previous_sigint)
-        self._previous_sigint = None
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        received = self._received
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            flag = torch.tensor([received], dtype=torch.int32, device=pl_module.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank, every step, the same point
+            received = int(flag.item())
+        if received == _NONE:
+            return
+        by_code = {code: s for s, code in self._codes.items()}
+        self.signum = by_code[received]
+        # Lightning raises SIGTERMException after this step (training_epoch_loop: `received_sigterm`).
+        trainer._signal_connector.received_sigterm = True
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._restore_sigint()
+        self._restore()
 
     def last_path(self, trainer) -> Path:
         ckpt = trainer.checkpoint_callback
@@ -57,14 +103,22 @@ class StopSave(L.Callback):
         return Path(self.dirpath or Path(trainer.default_root_dir) / "checkpoints") / "last.ckpt"
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._restore_sigint()
+        self._restore()
         if not isinstance(exception, SIGTERMException):
             return  # a crash or a second Ctrl+C: the state may be mid-step, keep the last good save
-        signum = self.signum or signal.SIGTERM
-        path = self.last_path(trainer)
-        trainer.save_checkpoint(path, weights_only=False)  # every rank calls it; rank 0 writes
-        self._say(f"{signal.Signals(signum).name} at step {trainer.global_step}: saved {path} "
-                  f"(resume with ckpt_path={path})")
+        signum = self.signum or int(signal.SIGTERM)  # None: Lightning's handler, before training started
+        name = signal.Signals(signum).name
+        if self._codes.get(signum) == _REQUEUE:
+            # Lightning's SLURM handler, at the step boundary: hpc_ckpt_N.ckpt (every rank calls it, rank
+            # 0 writes), then rank 0 runs `scontrol requeue` for the job (or its array task).
+            path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
+            trainer._signal_connector._slurm_sigusr_handler_fn(signum, None)
+            self._say(f"{name} at step {trainer.global_step}: saved {path}, job requeued; it resumes from there")
+        else:
+            path = self.last_path(trainer)
+            trainer.save_checkpoint(path, weights_only=False)  # every rank calls it; rank 0 writes
+            self._say(f"{name} at step {trainer.global_step}: saved {path} "
+                      f"(continue with resume={trainer.default_root_dir})")
         # The loop re-raises this SystemExit after the hooks; its code becomes the exit status.
         exception.code = 128 + signum
 
