@@ -131,6 +131,8 @@ TRAIN_CASES = [
     ("data=spiral model=mlp ckpt_path={toy.ckpt}",
      "ckpt_path='{toy.ckpt}' does not fit this model: net.time_mlp.0.weight has shape [16, 32] in the checkpoint but [64, 32]"),
     ("hydra.run.dir={a_file}/run", "hydra.run.dir='{a_file}/run' cannot be used: '{a_file}' is a file"),
+    ("logger=wandb logger.project=a/b", "logger.project='a/b' is not allowed: use a W&B project name"),
+    ("logger=wandb logger.log_model=maybe", "logger.log_model='maybe' is not allowed: use one of False, True, 'all'"),
     # found only once the data is read: still one line, nothing before it on stderr
     ("data=mnist data.root={dir}/nowhere model.attn_resolutions=[]", "MNIST not found under '{dir}/nowhere'"),
     (" ".join(FOLDER) + " data.root={dir}/nowhere", "image folder '{dir}/nowhere' does not exist"),

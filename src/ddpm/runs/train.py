@@ -19,6 +19,7 @@ from ddpm.runs.build import build_module
 from ddpm.runs.validate import validate_train_config
 from ddpm.training.checkpoint_io import find_resume, resolve_resume
 from ddpm.training.checkpoint_load import check_fits
+from ddpm.training.wandb_run import adopt_checkpoint_id
 
 
 def _not_a_tip(record: logging.LogRecord) -> bool:
@@ -146,7 +147,10 @@ def train(cfg: DictConfig) -> L.Trainer:
     ``cfg.ckpt_path``; ``auto``: the run directory's newest checkpoint), report."""
     validate_train_config(cfg)  # bad values are one line, before anything is seeded, built or written
     info_to_stdout()
+    quiet_lightning(cfg.trainer.get("num_nodes", 1))
     ckpt_path = checkpoint_to_resume(cfg.ckpt_path, Path(cfg.paths.output_dir))
+    if ckpt_path is not None:  # a run resumed in place writes into its own checkpoints/, as it should
+        warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty", UserWarning)
     L.seed_everything(cfg.seed, workers=True)
     # highest: fp32, high: TF32, medium: bf16
     torch.set_float32_matmul_precision(
@@ -158,6 +162,7 @@ def train(cfg: DictConfig) -> L.Trainer:
     if ckpt_path is not None and Path(ckpt_path).is_file():
         check_fits(module, ckpt_path, same_schedule=True)  # another model or schedule: one line naming it
     save_config(cfg, run_dir)
+    adopt_checkpoint_id(run_dir, ckpt_path, cfg.get("logger"))  # a checkpoint's W&B run continues in a dir without wandb_id
     trainer = build_trainer(cfg)
     # weights_only: a resumed checkpoint is read as tensors and plain containers, never unpickled code
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

@@ -107,11 +107,26 @@ def nonempty_file(v, cfg) -> str | None:
     return missing
 
 
+def checkpoint_or_auto(v, cfg) -> str | None:
+    """``auto`` (the run directory's newest complete checkpoint, or a fresh start) or ``existing_file``."""
+    if v == "auto":
+        return None
+    missing = existing_file(v, cfg)
+    return None if missing is None else f"auto or {missing}"
+
+
+def wandb_project(v, cfg) -> str | None:
+    """``logger.project`` of ``logger=wandb``: a name W&B accepts, or null (``$WANDB_PROJECT``)."""
+    from ddpm.training.wandb_run import PROJECT_ALLOWED, is_project
+
+    return None if v is None or is_project(v) else PROJECT_ALLOWED
+
+
 SEED = integer(0, 2**32 - 1)
 TRAIN: tuple[tuple[str, Check], ...] = (
     ("seed", SEED),
     ("float32_matmul_precision", one_of("highest", "high", "medium")),
-    ("ckpt_path", optional(existing_file, "")),  # empty or truncated: resolve_resume falls back or says so
+    ("ckpt_path", optional(checkpoint_or_auto, "")),  # empty or truncated: resolve_resume falls back or says so
     ("data.batch_size", integer(1)),
     ("data.num_workers", integer(0)),
     ("data.hflip", boolean),
@@ -134,6 +149,8 @@ TRAIN: tuple[tuple[str, Check], ...] = (
     ("callbacks.checkpoint.every_n_train_steps", optional(integer(0))),
     ("callbacks.sample_grid.every_n_steps", integer(0)),
     ("callbacks.sample_grid.num_samples", integer(1)),
+    ("logger.project", wandb_project),  # logger=wandb (no other logger has a project)
+    ("logger.log_model", one_of(False, True, "all")),
 )
 EVALUATE: tuple[tuple[str, Check], ...] = (
     ("seed", SEED),
