@@ -22,7 +22,7 @@ from ddpm.diffusion.likelihood import dataset_bpd
 from ddpm.diffusion.samplers import DDIMSampler, DDPMSampler
 from ddpm.errors import ConfigError
 from ddpm.evaluation.feature_stats import FeatureStats
-from ddpm.evaluation.sampling import generate_images
+from ddpm.evaluation.sampling import chunk_seed
 from ddpm.runs.build import build_module
 from ddpm.runs.evaluate import evaluate
 from ddpm.runs.load import load_run
@@ -80,10 +80,11 @@ def test_a_checkpoint_is_sampled_from_its_ema_weights_and_scored(run, standin, t
     with np.load(out / "samples.npz") as f:
         assert f.files == ["images"] and f["images"].dtype == np.uint8 and f["images"].shape == (6, 28, 28, 1)
         images = f["images"]
-    # the same seed, batches and sampler through the module's EMA weights give the same images
-    again = generate_images(module, 6, 4, torch.Generator().manual_seed(0), DDIMSampler(3, eta=0.5))
-    assert np.array_equal(images, again)
-    raw = module.sample(4, torch.Generator().manual_seed(0), use_ema=False, sampler=DDIMSampler(3, eta=0.5))
+    # chunks of batch_size, each seeded from (seed, chunk), through the module's EMA weights give the same images
+    again = [module.sample(n, torch.Generator().manual_seed(chunk_seed(0, c)), sampler=DDIMSampler(3, eta=0.5))
+             for c, n in ((0, 4), (1, 2))]
+    assert np.array_equal(images, to_uint8(torch.cat(again)))
+    raw = module.sample(4, torch.Generator().manual_seed(chunk_seed(0, 0)), use_ema=False, sampler=DDIMSampler(3, eta=0.5))
     assert not np.array_equal(images[:4], to_uint8(raw))  # and not the raw weights
 
     written = json.loads((out / "metrics.json").read_text())
@@ -152,8 +153,8 @@ def test_the_denoiser_can_be_changed_for_the_bound_and_for_sampling(run, standin
     assert sampled["denoiser"] == {"prediction_type": "epsilon", "clip_denoised": False, "variance": "fixed_large"}
     with np.load(run_dir / "eval" / "ddpm_10_4_fixed_large_noclip" / "samples.npz") as f:  # beside the run's own
         images = f["images"]
-    for variance in ("fixed_large", "fixed_small"):  # x_T and the noise of seed 0 through the changed denoiser
-        g = torch.Generator().manual_seed(0)
+    for variance in ("fixed_large", "fixed_small"):  # x_T and the noise of seed 0's chunk 0 through the changed denoiser
+        g = torch.Generator().manual_seed(chunk_seed(0, 0))
         x_T = torch.randn((4, 1, 28, 28), generator=g)
         denoiser = module.denoiser().replace(variance=variance, clip_denoised=False)
         with torch.no_grad():

@@ -22,7 +22,7 @@ from ddpm.evaluation.feature_stats import FeatureStats
 from ddpm.evaluation.inception import INCEPTION_FILE, InceptionFeatures, extract_features, inception_weights_path
 from ddpm.evaluation.npz import check_images, load_npz, save_images_npz
 from ddpm.evaluation.reference import Shard, dataset_key, reference_statistics
-from ddpm.evaluation.sampling import generate_images
+from ddpm.evaluation.sampling import chunk_seed
 from ddpm.training.callbacks.fid import FIDCallback, fid_name, lightning_shard
 from shared_data import INCEPTION_WEIGHTS, MNIST, require
 from standins import StandIn
@@ -358,10 +358,12 @@ def test_fid_callback_logs_one_number_equal_to_an_independent_computation(tmp_pa
 
     fids = [(step, m["val/fid_6"]) for step, m in logger.logged if "val/fid_6" in m]
     assert len(fids) == 1 and fids[0][0] == 2
-    # the same samples (rank 0's seed, EMA weights, the callback's sampler and batches) scored by hand
-    # (a conditional model: balanced labels, guided at the run's scale)
+    # the same samples (chunks of 4, each seeded from (5, chunk), EMA weights, the callback's sampler)
+    # scored by hand (a conditional model: balanced labels, guided at the run's scale)
     labels = balanced_labels(6, 10) if conditional else None
-    images = generate_images(module, 6, 4, torch.Generator().manual_seed(5), DDIMSampler(3), labels=labels)
+    chunks = [module.sample(n, torch.Generator().manual_seed(chunk_seed(5, c)), sampler=DDIMSampler(3),
+                            cond=None if labels is None else labels[4 * c : 4 * c + n]) for c, n in ((0, 4), (1, 2))]
+    images = to_uint8(torch.cat(chunks))
     stats = FeatureStats.from_features(extract_features(images, StandIn())["pool3"])
     ref = load_npz(tmp_path / "digits-train-n64-1x8px.npz")
     assert fids[0][1] == pytest.approx(frechet_distance(stats.mu, stats.sigma, ref.mu, ref.sigma), rel=1e-9)

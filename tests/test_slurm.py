@@ -2,6 +2,7 @@
 one-node one here): submitted through hydra-submitit-launcher, run by srun, finished, checkpoint written."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -92,13 +93,20 @@ def wait_for(path, proc, timeout: float = 240) -> None:
 
 
 def test_a_preempted_ddp_job_resumes_in_place_and_ends_as_an_uninterrupted_one(tmp_path):
-    """Two tasks (DDP over gloo) under hydra/launcher=slurm; preempted as a cluster does before a time
-    limit (USR1, then Lightning's requeue), it continues in the same run directory from the HPC
-    checkpoint, keeps its W&B run id, and its final weights, EMA and optimizer state equal those of
-    the same job run without interruption."""
+    """Two tasks (DDP over gloo) under hydra/launcher=slurm, preempted twice as clusters do:
+
+    1. USR1, what ``--signal=USR1@<delay>`` sends before a time limit: every rank finishes its step,
+       Lightning writes ``hpc_ckpt_1.ckpt`` and requeues the job;
+    2. later, ``scontrol requeue`` (an admin, or PreemptMode=REQUEUE): SLURM sends SIGTERM, the ranks
+       stop after the same step and write ``checkpoints/last.ckpt``, SLURM requeues.
+
+    Each restart continues in the same run directory from the newest checkpoint (the second from
+    last.ckpt, newer than the HPC one Lightning's own choice would take), keeps the W&B run id, and
+    the job ends with the weights, EMA and optimizer state of the same job run without interruption.
+    """
     settings = [
         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
-        "trainer.benchmark=false", "trainer.max_steps=30", "callbacks.checkpoint.every_n_train_steps=5",
+        "trainer.benchmark=false", "trainer.max_steps=40", "callbacks.checkpoint.every_n_train_steps=5",
         "logger=wandb", "callbacks.throughput=null",
     ]
     env = {"OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
@@ -111,29 +119,35 @@ def test_a_preempted_ddp_job_resumes_in_place_and_ends_as_an_uninterrupted_one(t
     job = job_id_of(pre)
     run_dir = pre / "0"
     wait_for(run_dir / "checkpoints" / "step_0000010.ckpt", submitter)
-    # what a cluster sends --signal=USR1@<delay> seconds before the time limit; Lightning requeues
-    subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
-    out, _ = submitter.communicate(timeout=400)
+    subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)  # 1. before a time limit
+    wait_for(run_dir / "checkpoints" / "step_0000025.ckpt", submitter)  # written after the first restart
+    subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)  # 2. preempted: SIGTERM, requeue
+    out, _ = submitter.communicate(timeout=600)
     assert submitter.returncode == 0, out[-3000:]
 
     log = (pre / ".submitit" / job / f"{job}_0_log.out").read_text()
     hpc = sorted(run_dir.glob("hpc_ckpt_*.ckpt"))
     assert [p.name for p in hpc] == ["hpc_ckpt_1.ckpt"], (list(run_dir.iterdir()), log[-3000:])
-    at = torch.load(hpc[0], map_location="cpu", weights_only=True)["global_step"]
-    assert 10 <= at < 30, at  # saved mid-run, at a step boundary
-    assert f"resuming {run_dir} from {hpc[0]} (step {at})" in log, log[-3000:]
+    first = torch.load(hpc[0], map_location="cpu", weights_only=True)["global_step"]
+    assert 10 <= first < 25, first  # saved mid-run, at a step boundary
+    assert f"resuming {run_dir} from {hpc[0]} (step {first})" in log, log[-3000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    second = re.search(rf"SIGTERM at step (\d+): saved {re.escape(str(last))}", log)
+    assert second and 25 <= int(second[1]) < 40, log[-3000:]
+    assert f"resuming {run_dir} from {last} (step {second[1]})" in log, log[-3000:]  # not the older hpc_ckpt_1
     restarts = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
-    assert "Restarts=1" in restarts, restarts
+    assert "Restarts=2" in restarts, restarts
 
-    final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert final["global_step"] == 30
+    final = torch.load(last, map_location="cpu", weights_only=True)
+    assert final["global_step"] == 40
     run_id = (run_dir / "wandb_id").read_text().strip()
+    assert final["wandb_id"] == run_id
     parts = sorted((run_dir / "wandb").glob("offline-run-*"))
-    assert len(parts) == 2 and {p.name.rsplit("-", 1)[1] for p in parts} == {run_id}  # one W&B run, two starts
+    assert len(parts) == 3 and {p.name.rsplit("-", 1)[1] for p in parts} == {run_id}  # one W&B run, three starts
 
     _, ref_dir = submit(tmp_path / "uninterrupted", *settings)
     ref = torch.load(ref_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ref["global_step"] == 30
+    assert ref["global_step"] == 40
     assert final["state_dict"].keys() == ref["state_dict"].keys()
     for key, value in ref["state_dict"].items():  # the network, its EMA and the schedule
         assert torch.equal(final["state_dict"][key], value), key

@@ -5,14 +5,23 @@ Either a checkpoint is sampled from its EMA weights with the chosen sampler (and
 ``metrics=[nll]``, its variational bound measured on test images), or samples made elsewhere are
 read from an .npz; the samples are then scored (FID, KID, IS) against reference statistics of the
 training set or of a file. Everything lands in ``out_dir/metrics.json``.
+
+``devices=N`` (and ``num_nodes``) samples over N processes, launched by Lightning Fabric (DDP: gloo on
+CPUs, NCCL on GPUs; under torchrun or a SLURM job the processes are the job's): each samples its
+block of the seeded chunks (``ddpm.evaluation.sampling.generate_shard``), rank 0 gathers the images
+and scores and writes them, so the samples and the numbers are those of one process.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+import warnings
 from pathlib import Path
 
+import lightning as L
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 import numpy as np
 import torch
 from hydra.utils import instantiate
@@ -27,11 +36,12 @@ from ddpm.evaluation.distances import INCEPTION_METRICS, check_metrics, score_im
 from ddpm.evaluation.feature_stats import FeatureStats
 from ddpm.evaluation.inception import Extractor, InceptionFeatures
 from ddpm.evaluation.npz import check_npz, load_npz, save_images_npz
-from ddpm.evaluation.reference import reference_from_file, reference_statistics
-from ddpm.evaluation.sampling import balanced_labels, generate_images
+from ddpm.evaluation.reference import Shard, reference_from_file, reference_statistics
+from ddpm.evaluation.sampling import balanced_labels, generate_shard, shard_sizes
 from ddpm.plots.grid import image_grid
 from ddpm.runs.classifier_eval import check_classifier_request, classifier_eval, classifier_metrics_of
 from ddpm.runs.load import load_run
+from ddpm.runs.train import quiet_lightning
 from ddpm.runs.validate import validate_evaluate_config
 from ddpm.training.speed import resolve_speed
 
@@ -51,6 +61,62 @@ def denoiser_tag(changes: dict) -> str:
     if "clip_denoised" in changes:
         parts.append("clip" if changes["clip_denoised"] else "noclip")
     return "".join(f"_{p}" for p in parts)
+
+
+def check_devices(cfg: DictConfig) -> str | None:
+    """The accelerator (``cpu`` or ``cuda``) of a ``devices``/``num_nodes`` job, None for one process, or
+    a ConfigError: scoring samples_path, a device index, more GPUs than this node has, several nodes
+    outside a SLURM / torchrun job."""
+    devices, nodes = cfg.get("devices", 1), cfg.get("num_nodes", 1)
+    if devices == 1 and nodes == 1:
+        return None
+    if cfg.samples_path:
+        raise ConfigError(f"devices={devices}, num_nodes={nodes} share out sampling a checkpoint; "
+                          "samples_path is scored by one process: leave devices=1 num_nodes=1")
+    device = str(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"device={device!r} with devices={devices}: use device=cuda (each process takes "
+                          "its own GPU) or device=cpu")
+    if device == "cuda" and devices > torch.cuda.device_count():
+        raise ConfigError(f"devices={devices} is not allowed here: this node has {torch.cuda.device_count()} "
+                          "GPUs (use at most that many, or device=cpu)")
+    if nodes > 1 and not (SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
+                          or "MASTER_ADDR" in os.environ):
+        raise ConfigError(f"num_nodes={nodes} needs the processes of a cluster job: run evaluate.py under srun "
+                          "(SLURM) or torchrun on every node, or leave num_nodes=1")
+    return device
+
+
+def launch(cfg: DictConfig) -> L.Fabric | None:
+    """The Lightning Fabric DDP job of ``devices`` processes per node on ``num_nodes`` nodes, launched
+    (this script re-run per process, or the processes of torchrun / a SLURM job); None for one process.
+    Its accelerator is ``device``'s type (null: cuda if available, else cpu: gloo)."""
+    device = check_devices(cfg)
+    if device is None:
+        return None
+    quiet_lightning(cfg.num_nodes)  # the srun hint on one node
+    # Fabric's all_gather goes through torch.distributed.nn (for autograd), which torch now calls deprecated
+    warnings.filterwarnings("ignore", r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
+                            module=r"lightning\.fabric\.utilities\.distributed")
+    fabric = L.Fabric(accelerator="gpu" if device == "cuda" else "cpu", strategy="ddp", devices=cfg.devices,
+                      num_nodes=cfg.num_nodes)
+    fabric.launch()
+    return fabric
+
+
+def fabric_shard(fabric: L.Fabric | None) -> Shard:
+    """This process's ``Shard`` of the Fabric job (one process: rank 0 of 1); ``gather_rows`` gives
+    every rank's rows in rank order (all_gather needs one shape: padded to the longest, then cut)."""
+    if fabric is None:
+        return Shard()
+
+    def gather_rows(t: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        padded = t.new_zeros(max(max(counts), 1), *t.shape[1:])
+        padded[: len(t)] = t
+        gathered = fabric.all_gather(padded.to(fabric.device))  # (world, max, ...)
+        return torch.cat([gathered[r, :c] for r, c in enumerate(counts)]).cpu()
+
+    return Shard(fabric.global_rank, fabric.world_size, lambda t: fabric.all_reduce(t, reduce_op="sum"), gather_rows)
 
 
 def load_reference(cfg: DictConfig, data_cfg, extractor: Extractor, device) -> tuple[FeatureStats, str]:
@@ -104,9 +170,11 @@ def sample_labels(cfg: DictConfig, module) -> tuple[torch.Tensor | None, float |
     return labels, scale, f"_s{scale:g}{tag}"
 
 
-def sample_run(cfg: DictConfig, module, run_dir: Path, device) -> tuple[np.ndarray, torch.Tensor | None, Path, dict]:
-    """Sample the EMA weights with cfg.sampler; write samples.npz (with ``labels`` for a conditional
-    model) and samples.png; time it. Returns (images uint8 (N, H, W, C), labels (N,) or None, out_dir, info).
+def sample_run(cfg: DictConfig, module, run_dir: Path, device,
+               shard: Shard = Shard()) -> tuple[np.ndarray | None, torch.Tensor | None, Path, dict]:
+    """Sample the EMA weights with cfg.sampler (this rank's chunks of ``shard``, gathered on rank 0);
+    rank 0 writes samples.npz (with ``labels`` for a conditional model) and samples.png and times it.
+    Returns (images uint8 (N, H, W, C) on rank 0, else None; labels (N,) or None; out_dir; info).
 
     The default out_dir is ``<run>/eval/<sampler>_<steps>_<num_samples>``, with the guidance scale
     and labels (``sample_labels``) and the denoiser changes appended (``denoiser_tag``), so they
@@ -117,19 +185,22 @@ def sample_run(cfg: DictConfig, module, run_dir: Path, device) -> tuple[np.ndarr
     steps = len(sampler.timesteps(module.schedule))
     tag = label_tag + denoiser_tag(denoiser_changes(cfg))
     out_dir = Path(cfg.out_dir or run_dir / "eval" / f"{sampler.name}_{steps}_{cfg.num_samples}{tag}")
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
     bf16 = check_choice("precision", cfg.precision, ("fp32", "bf16")) == "bf16"
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     start = time.perf_counter()
     with amp:
-        images = generate_images(module, cfg.num_samples, cfg.batch_size, generator, sampler, cfg.progress,
-                                 labels, scale)
+        images, _ = generate_shard(module, cfg.num_samples, cfg.batch_size, cfg.seed, sampler, labels, scale,
+                                   shard.rank, shard.world, device, cfg.progress and shard.rank == 0)
+    sizes = shard_sizes(cfg.num_samples, cfg.batch_size, shard.world)
+    images = shard.gather_rows(torch.from_numpy(images), sizes).numpy()  # (N, H, W, C) in sample order
     seconds = time.perf_counter() - start
-    save_images_npz(out_dir / "samples.npz", images, None if labels is None else labels.numpy())
-    save_image(image_grid(from_uint8(images[:64]).permute(0, 3, 1, 2)), out_dir / "samples.png")  # (N, C, H, W)
     info = dict(sampler=sampler.name, sampler_config=OmegaConf.to_container(cfg.sampler, resolve=True), steps=steps,
                 seconds=seconds, images_per_second=len(images) / seconds, seed=cfg.seed, num_samples=len(images),
-                precision=cfg.precision, compile=cfg.compile)
+                precision=cfg.precision, compile=cfg.compile, processes=shard.world)
+    if shard.rank != 0:
+        return None, labels, out_dir, info
+    save_images_npz(out_dir / "samples.npz", images, None if labels is None else labels.numpy())
+    save_image(image_grid(from_uint8(images[:64]).permute(0, 3, 1, 2)), out_dir / "samples.png")  # (N, C, H, W)
     if labels is not None:
         guided = module.guided(guidance_scale=scale)
         info.update(num_classes=module.num_classes, guidance_scale=scale, guidance_interval=guided.interval,
@@ -151,6 +222,7 @@ def check_request(cfg: DictConfig) -> list[str]:
         given = " ".join(f"denoiser.{k}={v}" for k, v in changes.items())
         raise ConfigError(f"{given} changes how a checkpoint is sampled: it needs ckpt_path=..., not samples_path")
     validate_evaluate_config(cfg)  # types and ranges, before anything is loaded
+    check_devices(cfg)  # a job over several processes that cannot run, before anything is loaded
     for path in (cfg.samples_path, cfg.reference_path):
         if path:
             check_npz(path)  # from the array headers: not an .npz, object arrays, dtype, NCHW or ambiguous layout
@@ -161,7 +233,8 @@ def evaluate(cfg: DictConfig, feature_extractor: Extractor | None = None) -> dic
     """Sample (or read) images, score them and write ``metrics.json``; returns what it holds.
 
     ``feature_extractor`` stands in for the Inception network (tests); built from
-    ``cfg.inception_weights`` when None and a sample metric is asked for.
+    ``cfg.inception_weights`` when None and a sample metric is asked for. Under ``devices=N`` every
+    process samples its share and returns ``{}``, except rank 0, which scores, writes and returns.
     """
     metrics = check_request(cfg)
     scores = [m for m in metrics if m in INCEPTION_METRICS]  # the Inception metrics of samples
@@ -169,15 +242,18 @@ def evaluate(cfg: DictConfig, feature_extractor: Extractor | None = None) -> dic
     domain = classifier_metrics_of(metrics)
     if domain and cfg.samples_path:
         check_classifier_request(cfg, metrics)  # data=NAME given, labels present for accuracy
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     extractor = feature_extractor
-    if scores and extractor is None:
-        extractor = InceptionFeatures(cfg.inception_weights)  # fails early without weights
-    if isinstance(extractor, torch.nn.Module):
+    if scores and extractor is None:  # fails early without weights (in every process: before the launch)
+        extractor = InceptionFeatures(cfg.inception_weights)
+    loaded = load_run(cfg.ckpt_path, denoiser_changes(cfg)) if cfg.ckpt_path else None  # before the launch too
+    fabric = launch(cfg)  # None: this one process
+    shard = fabric_shard(fabric)
+    device = fabric.device if fabric else torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if isinstance(extractor, torch.nn.Module) and shard.rank == 0:
         extractor.to(device)
     result, images, labels = {}, None, None  # labels (N,) of conditional samples, else None
     if cfg.ckpt_path:  # 1. sample the run's EMA weights with the chosen sampler
-        run_dir, run_cfg, module = load_run(cfg.ckpt_path, denoiser_changes(cfg))
+        run_dir, run_cfg, module = loaded
         module.to(device)
         module.speed_up(*resolve_speed(cfg.channels_last, cfg.compile, device))  # "auto": on a GPU
         data_cfg = cfg.get("data") or run_cfg.data
@@ -187,10 +263,12 @@ def evaluate(cfg: DictConfig, feature_extractor: Extractor | None = None) -> dic
         result.update(ckpt_path=str(cfg.ckpt_path), denoiser=dict(prediction_type=denoiser.prediction_type,
                       clip_denoised=denoiser.clip_denoised, variance=denoiser.variance))
         if scores or domain:
-            images, labels, out_dir, info = sample_run(cfg, module, run_dir, device)
+            images, labels, out_dir, info = sample_run(cfg, module, run_dir, device, shard)
             result.update(info)
         else:
             out_dir = Path(cfg.out_dir or run_dir / "eval" / f"nll_{denoiser.variance}_{cfg.nll.num_images}")
+        if shard.rank != 0:
+            return {}  # rank 0 scores the gathered samples (and measures the bound)
     else:  # 1'. or read samples made elsewhere
         images = load_npz(cfg.samples_path)
         if isinstance(images, FeatureStats):

@@ -158,6 +158,8 @@ EVALUATE: tuple[tuple[str, Check], ...] = (
     ("reference_path", optional(nonempty_file, "")),
     ("num_samples", integer(1)),
     ("batch_size", integer(1)),
+    ("devices", integer(1)),
+    ("num_nodes", integer(1)),
     ("sampler.steps", integer(1, what="an integer >= 1, at most the run's schedule.num_timesteps")),
     ("precision", one_of("fp32", "bf16")),
     ("progress", boolean),

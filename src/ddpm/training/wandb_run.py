@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -122,16 +123,55 @@ def check_log_model(log_model: object) -> bool | str:
     return log_model
 
 
+# What a call into W&B raises once its service process (wandb-core) is gone
+SERVICE_LOST = (ConnectionError, EOFError)
+
+
 class RunWandbLogger(WandbLogger):
-    """Lightning's ``WandbLogger`` whose ``log_model=True`` means the last and best checkpoints, once, when
-    training ends. (Lightning's logs every checkpoint as it is written when ``save_top_k=-1``, as in
+    """Lightning's ``WandbLogger`` that W&B cannot stop, and whose ``log_model=True`` means the last and
+    best checkpoints, once, when training ends.
+
+    A preempted SLURM job's SIGTERM reaches every process of the job, W&B's service (wandb-core)
+    included, which exits at once, while training finishes its step to save a checkpoint; the next
+    ``wandb.log`` would then raise ``ConnectionResetError`` in the middle of that step and lose the save.
+    Here such a call ends W&B logging for this start with one warning line, and training goes on.
+    (Lightning's ``log_model=True`` logs every checkpoint as it is written when ``save_top_k=-1``, as in
     ``conf/callbacks/checkpoint.yaml``; ``log_model="all"`` still does that.)"""
+
+    _lost: str | None = None  # why W&B logging stopped, once it has
+
+    def _guarded(self, call, *args, **kwargs):
+        if self._lost is not None:
+            return None
+        try:
+            return call(*args, **kwargs)
+        except SERVICE_LOST as error:
+            self._lost = f"{type(error).__name__}: {error}"
+            print(f"warning: W&B stopped answering ({self._lost}; a SIGTERM reaches its service too): W&B "
+                  "logging stops for this start, training goes on", file=sys.stderr, flush=True)
+            return None
+
+    @rank_zero_only
+    def log_metrics(self, metrics, step=None) -> None:
+        self._guarded(super().log_metrics, metrics, step)
+
+    @rank_zero_only
+    def log_image(self, key, images, step=None, **kwargs) -> None:
+        self._guarded(super().log_image, key, images, step, **kwargs)
+
+    @rank_zero_only
+    def log_hyperparams(self, params) -> None:
+        self._guarded(super().log_hyperparams, params)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self._guarded(super().finalize, status)
 
     def after_save_checkpoint(self, checkpoint_callback) -> None:
         if self._log_model is True:  # remembered; Lightning's finalize logs its last and best paths
             self._checkpoint_callbacks[id(checkpoint_callback)] = checkpoint_callback
         else:
-            super().after_save_checkpoint(checkpoint_callback)
+            self._guarded(super().after_save_checkpoint, checkpoint_callback)
 
 
 def wandb_logger(save_dir: str, project: str | None = "ddpm", offline: bool = True, id: str | None = None,

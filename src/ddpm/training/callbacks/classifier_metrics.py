@@ -11,7 +11,7 @@ import torch
 from ddpm.errors import ConfigError
 from ddpm.evaluation.classifier import DomainClassifier, load_or_train
 from ddpm.evaluation.classifier_metrics import frechet_to, label_accuracy
-from ddpm.evaluation.sampling import balanced_labels, generate_images
+from ddpm.evaluation.sampling import balanced_labels, chunk_seed, generate_shard, shard_sizes
 from ddpm.training.callbacks.fid import lightning_shard
 from ddpm.training.callbacks.periodic import EveryNSteps
 
@@ -24,12 +24,15 @@ class ClassifierMetricsCallback(EveryNSteps):
     Logged to every logger and published with ``pl_module.log`` (so ``ModelCheckpoint`` can monitor them).
 
     The classifier is trained once per dataset (seconds for digits, minutes for MNIST on a CPU) and
-    cached in ``cache_dir``; under DDP each rank samples its share and the features are gathered once.
+    cached in ``cache_dir``. The samples are those of one process for any number of processes
+    (``generate_shard``: a seed per chunk of ``batch_size``): under DDP each rank samples and scores
+    its block of chunks and the features and logits are gathered once in sample order, so the
+    numbers are bit-equal to one process's on the same weights.
 
     Args:
         every_n_steps: steps between evaluations.
         num_samples: samples per evaluation (FD is biased up for few samples: compare equal counts).
-        batch_size: sampling batch size per rank.
+        batch_size: sampling (and classifier) batch size; the samples come in chunks of it, one seed each.
         sampler: the sampler to use (e.g. a DDIMSampler for speed); None: the module's own.
         seed: seed of the samples, the same at every evaluation, so changes come from the model.
         guidance_scale: guidance of conditional models (None: the run's configured scale).
@@ -43,6 +46,7 @@ class ClassifierMetricsCallback(EveryNSteps):
                 f"every_n_steps={every_n_steps!r}, num_samples={num_samples!r}, batch_size={batch_size!r}: "
                 "need every_n_steps >= 1, num_samples >= 2, batch_size >= 1"
             )
+        chunk_seed(seed, 0)  # a negative seed fails here, not at the first evaluation
         super().__init__(every_n_steps)
         self.num_samples, self.batch_size, self.sampler, self.seed = num_samples, batch_size, sampler, seed
         self.guidance_scale, self.cache_dir = guidance_scale, cache_dir
@@ -69,22 +73,19 @@ class ClassifierMetricsCallback(EveryNSteps):
         if self.classifier is None:
             self.classifier = load_or_train(trainer.datamodule, self.cache_dir)
         shard = lightning_shard(trainer, pl_module)
-        starts, sizes = shard.split(self.num_samples)
         num_classes = getattr(pl_module, "num_classes", None)
-        labels = None
-        if num_classes is not None:
-            labels = balanced_labels(self.num_samples, num_classes)[starts[shard.rank]:][: sizes[shard.rank]]
-            labels = labels.to(pl_module.device)
-        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed + 1_000_003 * shard.rank)
-        images = generate_images(pl_module, sizes[shard.rank], self.batch_size, generator, self.sampler,
-                                 labels=labels, guidance_scale=self.guidance_scale if labels is not None else None)
-        features, logits = self.classifier.features(images)  # (n, D), (n, K) float64 on the CPU
+        labels = None if num_classes is None else balanced_labels(self.num_samples, num_classes)  # (N,) by index
+        images, _ = generate_shard(pl_module, self.num_samples, self.batch_size, self.seed, self.sampler, labels,
+                                   self.guidance_scale if labels is not None else None, shard.rank, shard.world)
+        # (n, D), (n, K) float64 on the CPU, in batches of this rank's chunks (the batches of one process)
+        features, logits = self.classifier.features(images, batch_size=self.batch_size)
         local = torch.from_numpy(np.concatenate([features, logits], 1)).to(pl_module.device)
-        both = shard.gather_rows(local, sizes).cpu().numpy()  # (N, D + K), the one gather
+        sizes = shard_sizes(self.num_samples, self.batch_size, shard.world)
+        both = shard.gather_rows(local, sizes).cpu().numpy()  # (N, D + K) in sample order, the one gather
         d = features.shape[1]
         out = {"val/fd": frechet_to(both[:, :d], self.classifier.reference)}
         if labels is not None:
-            out["val/accuracy"] = label_accuracy(both[:, d:], balanced_labels(self.num_samples, num_classes).numpy())
+            out["val/accuracy"] = label_accuracy(both[:, d:], labels.numpy())
         self.last = out
         return out
 

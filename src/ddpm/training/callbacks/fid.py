@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -13,7 +14,7 @@ from ddpm.evaluation.distances import frechet_distance
 from ddpm.evaluation.feature_stats import FeatureStats
 from ddpm.evaluation.inception import Extractor, InceptionFeatures, extract_features
 from ddpm.evaluation.reference import Shard, reference_from_file, reference_statistics
-from ddpm.evaluation.sampling import balanced_labels, generate_images
+from ddpm.evaluation.sampling import balanced_labels, chunk_seed, generate_shard, shard_sizes
 from ddpm.training.callbacks.periodic import EveryNSteps
 
 
@@ -40,21 +41,30 @@ def lightning_shard(trainer: L.Trainer, pl_module: L.LightningModule) -> Shard:
     return Shard(trainer.global_rank, trainer.world_size, all_sum, gather_rows)
 
 
+def blank_image(pl_module) -> np.ndarray:
+    """One black uint8 (1, H, W, C) image of the module's sample shape (C, H, W)."""
+    c, h, w = pl_module.sample_shape
+    return np.zeros((1, h, w, c), np.uint8)
+
+
 class FIDCallback(EveryNSteps):
     """Every ``every_n_steps`` optimizer steps (and not at the end of training unless it falls on one),
     the FID of ``num_samples`` EMA samples, logged as ``val/fid_5k`` (the sample count in the name)
     to every logger and published with ``pl_module.log`` (for ``ModelCheckpoint(monitor="val/fid_5k")``).
 
-    Under DDP each rank samples its share (its own seed), the features are gathered once, and
-    every rank computes the same number; rank 0's loggers write it. The reference statistics are
-    computed once (split over the ranks) from the datamodule's training images, or read from
+    The samples are those of one process for any number of processes (``generate_shard``: a seed
+    per chunk of ``batch_size``): under DDP each rank samples and featurizes its contiguous block of
+    chunks, the features are gathered once in sample order, and every rank computes the same number,
+    bit-equal to one process's on the same weights and reference; rank 0's loggers write it. The
+    reference statistics are computed once from the datamodule's training images (split over the
+    ranks, whose moment sums equal one process's to float64 rounding, ~1e-16), or read from
     ``reference_path``, and cached like ``evaluate.py``'s. Each evaluation also logs its duration as
     ``val/fid_5k_seconds``.
 
     Args:
         every_n_steps: steps between evaluations.
         num_samples: K, the number of samples (the community figure is 50k; small K biases FID up).
-        batch_size: sampling and Inception batch size per rank.
+        batch_size: sampling and Inception batch size; the samples come in chunks of it, one seed each.
         sampler: the sampler to use (e.g. a DDIMSampler for speed); None: the module's own.
         seed: seed of the samples, the same at every evaluation, so changes come from the model.
         inception_weights: the Inception weights file (see ``ddpm.evaluation.inception.inception_weights_path``).
@@ -82,6 +92,7 @@ class FIDCallback(EveryNSteps):
                 f"every_n_steps={every_n_steps!r}, num_samples={num_samples!r}, batch_size={batch_size!r}: "
                 "need every_n_steps >= 1, num_samples >= 2, batch_size >= 1"
             )
+        chunk_seed(seed, 0)  # a negative seed fails here, not at the first evaluation
         super().__init__(every_n_steps)
         self.num_samples, self.batch_size = num_samples, batch_size
         self.sampler, self.seed = sampler, seed
@@ -128,16 +139,18 @@ class FIDCallback(EveryNSteps):
             self.extractor.to(pl_module.device)
         shard = lightning_shard(trainer, pl_module)
         reference = self._reference(trainer, pl_module, shard)
-        starts, sizes = shard.split(self.num_samples)
-        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed + 1_000_003 * shard.rank)
-        labels = None  # a class-conditional model: balanced labels, guided at the run's scale
+        labels = None  # a class-conditional model: balanced labels (by sample index), guided at the run's scale
         if getattr(pl_module, "num_classes", None) is not None:
-            labels = balanced_labels(self.num_samples, pl_module.num_classes)[starts[shard.rank]:][: sizes[shard.rank]]
-            labels = labels.to(pl_module.device)
-        images = generate_images(pl_module, sizes[shard.rank], self.batch_size, generator, self.sampler, labels=labels)
-        local = extract_features(images, self.extractor, self.batch_size, pl_module.device)["pool3"]
+            labels = balanced_labels(self.num_samples, pl_module.num_classes)
+        images, _ = generate_shard(pl_module, self.num_samples, self.batch_size, self.seed, self.sampler, labels,
+                                   rank=shard.rank, world=shard.world)
+        # the Inception batches are this rank's chunks, the batches one process would use; a rank
+        # without chunks (fewer chunks than ranks) sends 0 rows of the features' width
+        blank = images if len(images) else blank_image(pl_module)
+        local = extract_features(blank, self.extractor, self.batch_size, pl_module.device)["pool3"][: len(images)]
         local = torch.from_numpy(local).to(pl_module.device)
-        features = shard.gather_rows(local, sizes).cpu().numpy()  # (K, D), the one gather
+        sizes = shard_sizes(self.num_samples, self.batch_size, shard.world)
+        features = shard.gather_rows(local, sizes).cpu().numpy()  # (K, D) in sample order, the one gather
         stats = FeatureStats.from_features(features)
         self.last = frechet_distance(stats.mu, stats.sigma, reference.mu, reference.sigma)
         return self.last

@@ -103,9 +103,11 @@ class StopSave(L.Callback):
         return Path(self.dirpath or Path(trainer.default_root_dir) / "checkpoints") / "last.ckpt"
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._restore()
         if not isinstance(exception, SIGTERMException):
+            self._restore()
             return  # a crash or a second Ctrl+C: the state may be mid-step, keep the last good save
+        # The note-only handlers stay until Lightning's teardown restores the ones before it: the SIGTERM
+        # that SLURM sends when it requeues must not reach Lightning's, which broadcasts to the ranks.
         signum = self.signum or int(signal.SIGTERM)  # None: Lightning's handler, before training started
         name = signal.Signals(signum).name
         if self._codes.get(signum) == _REQUEUE:
