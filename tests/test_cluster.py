@@ -186,3 +186,21 @@ def test_a_bad_submission_is_one_line_and_nothing_is_submitted(args, words, tmp_
     assert words.format(missing=tmp_path / "missing") in lines[0] and lines[0].endswith("(nothing was submitted)") \
         or "resume=" in words
     assert not (sweep / ".submitit").exists()
+
+
+def test_a_job_requeued_max_requeues_times_is_not_requeued_again(monkeypatch):
+    from ddpm.training.callbacks.stop_save import requeues_spent
+
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    assert not requeues_spent(None) and not requeues_spent(1) and requeues_spent(0)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "3")  # SLURM counts the requeues of a job
+    assert not requeues_spent(None) and not requeues_spent(4) and requeues_spent(3) and requeues_spent(2)
+
+
+def test_max_requeues_is_checked_before_training():
+    from conftest import compose_train
+
+    from ddpm.runs.validate import validate_train_config
+
+    with pytest.raises(ConfigError, match=r"^callbacks\.stop_save\.max_requeues=-1 is not allowed: use an integer >= 0"):
+        validate_train_config(compose_train("callbacks.stop_save.max_requeues=-1", tmp_path="/tmp/unused"))

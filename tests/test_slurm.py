@@ -52,13 +52,25 @@ def submit(sweep_dir, *overrides: str):
     return log, sweep_dir / "0"
 
 
-def test_one_task_trains_and_checkpoints(tmp_path):
-    log, run_dir = submit(tmp_path / "sweep")
-    assert "JobEnvironment(job_id=" in log and "global_rank=0(1)" in log  # run under SLURM, one task
-    assert "SLURM auto-requeueing enabled" in log  # Lightning's SLURMEnvironment owns requeue
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == 2
-    assert (run_dir / "config.yaml").is_file()
+def test_a_sweep_is_one_job_array_of_one_task_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_script(
+        "train.py", "-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null", "hydra.launcher.timeout_min=10",
+        f"hydra.sweep.dir={sweep}", *TINY, "trainer.max_steps=2", "callbacks.sample_grid=null", "schedule=linear,cosine",
+        timeout=300, env={"OMP_NUM_THREADS": "1"},
+    )
+    folders = sorted(p.name for p in (sweep / ".submitit").iterdir() if p.is_dir())
+    array = folders[0]  # submitit's folder of the array's submission, then one per task
+    jobs = [f"{array}_0", f"{array}_1"]
+    assert folders == [array, *jobs], (folders, proc.stdout[-2000:])  # one array, a task per sweep point
+    for index, schedule in enumerate(["linear", "cosine"]):
+        log = (sweep / ".submitit" / jobs[index] / f"{jobs[index]}_0_log.out").read_text()
+        assert "Job completed successfully" in log and "global_rank=0(1)" in log, log[-3000:]  # run under SLURM
+        assert "SLURM auto-requeueing enabled" in log  # Lightning's SLURMEnvironment owns requeue
+        run_dir = sweep / str(index)
+        assert f"schedule={schedule}" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+        ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        assert ckpt["global_step"] == 2 and (run_dir / "config.yaml").is_file()
 
 
 def test_two_tasks_run_ddp_over_gloo(tmp_path):

@@ -148,6 +148,7 @@ TRAIN: tuple[tuple[str, Check], ...] = (
     ("trainer.gradient_clip_val", optional(number(0))),
     ("callbacks.checkpoint.every_n_train_steps", optional(integer(0))),
     ("callbacks.sample_grid.every_n_steps", integer(0)),
+    ("callbacks.stop_save.max_requeues", optional(integer(0))),
     ("callbacks.sample_grid.num_samples", integer(1)),
     ("logger.project", wandb_project),  # logger=wandb (no other logger has a project)
     ("logger.log_model", one_of(False, True, "all")),

@@ -3,6 +3,7 @@ signal's code; on SLURM's requeue signal, let Lightning save its HPC checkpoint 
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from pathlib import Path
@@ -29,6 +30,16 @@ def slurm_requeue_signal(trainer: L.Trainer) -> int | None:
     return None
 
 
+def restarts() -> int:
+    """How many times SLURM has requeued this job (0 outside SLURM)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+
+
+def requeues_spent(max_requeues: int | None) -> bool:
+    """Whether a job requeued ``restarts()`` times may not be requeued again (``max_requeues``; None: no limit)."""
+    return max_requeues is not None and restarts() >= max_requeues
+
+
 class StopSave(L.Callback):
     """Stop at a step boundary on a signal, save, and exit ``128 + signal``, so nothing is lost and a
     scheduler never records a stopped run as done.
@@ -47,10 +58,13 @@ class StopSave(L.Callback):
     step (one MAX all-reduce of a number), and all stop together after the step, where Lightning
     checks ``received_sigterm`` (LR schedule stepped, counters advanced), raising ``SIGTERMException``
     into ``on_exception``. ``dirpath``: where ``last.ckpt`` goes when no ModelCheckpoint is configured.
+    ``max_requeues``: once the job has been requeued this many times (``SLURM_RESTART_COUNT``), the
+    requeue signal saves ``last.ckpt`` and ends the job instead (None: no limit).
     """
 
-    def __init__(self, dirpath: str | None = None):
+    def __init__(self, dirpath: str | None = None, max_requeues: int | None = None):
         self.dirpath = dirpath
+        self.max_requeues = max_requeues
         self.signum: int | None = None  # the signal acted on, once every rank knows of it
         self._received = _NONE  # what this rank's handlers noted
         self._codes: dict[int, int] = {}
@@ -110,13 +124,16 @@ class StopSave(L.Callback):
         # that SLURM sends when it requeues must not reach Lightning's, which broadcasts to the ranks.
         signum = self.signum or int(signal.SIGTERM)  # None: Lightning's handler, before training started
         name = signal.Signals(signum).name
-        if self._codes.get(signum) == _REQUEUE:
+        if self._codes.get(signum) == _REQUEUE and not requeues_spent(self.max_requeues):
             # Lightning's SLURM handler, at the step boundary: hpc_ckpt_N.ckpt (every rank calls it, rank
             # 0 writes), then rank 0 runs `scontrol requeue` for the job (or its array task).
             path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
             trainer._signal_connector._slurm_sigusr_handler_fn(signum, None)
             self._say(f"{name} at step {trainer.global_step}: saved {path}, job requeued; it resumes from there")
-        else:
+        else:  # a stop, or a requeue signal once max_requeues are spent
+            if self._codes.get(signum) == _REQUEUE:
+                self._say(f"{name}: not requeued, the job was requeued {restarts()} times already "
+                          f"(callbacks.stop_save.max_requeues={self.max_requeues})")
             path = self.last_path(trainer)
             trainer.save_checkpoint(path, weights_only=False)  # every rank calls it; rank 0 writes
             self._say(f"{name} at step {trainer.global_step}: saved {path} "
