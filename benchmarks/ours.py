@@ -17,9 +17,12 @@ from system import System, eager_twin
 GRADIENT_CLIP_VAL = 1.0  # train.py: trainer.gradient_clip_val=1.0
 
 
-def build_ours(arch: dict, device, channels_last: bool, compile_mode: str | None, autocast) -> System:
-    """The DiffusionModule train.py builds, with its own speed switches, loss, EMA and denoiser."""
-    net = UNet(arch["image_size"], arch["channels"], arch["base"], arch["mult"], arch["blocks"], arch["attn"], 0.1)
+def build_ours(arch: dict, device, channels_last: bool, compile_mode: str | None, autocast,
+               net: torch.nn.Module | None = None, name: str = "ours") -> System:
+    """The DiffusionModule train.py builds, with its own speed switches, loss, EMA and denoiser
+    (``net``: another network than the U-Net of ``arch``, e.g. a DiT)."""
+    if net is None:
+        net = UNet(arch["image_size"], arch["channels"], arch["base"], arch["mult"], arch["blocks"], arch["attn"], 0.1)
     module = DiffusionModule(
         net, schedules.linear(num_timesteps=1000), Denoiser, SimpleLoss(), DDIMSampler(20),
         functools.partial(torch.optim.Adam, lr=2e-4, fused=True),  # conf/optimizer/adam.yaml
@@ -49,5 +52,5 @@ def build_ours(arch: dict, device, channels_last: bool, compile_mode: str | None
             x_T = x_T.contiguous(memory_format=module.memory_format)
             return DDIMSampler(steps)(module.denoiser(use_ema=True), module.schedule, x_T, sample_noise)
 
-    return System("ours", module.net, eager, train_step, sample, lambda m, x, t: m(x, t), channels_last,
+    return System(name, module.net, eager, train_step, sample, lambda m, x, t: m(x, t), channels_last,
                   "step incl. clip + EMA")

@@ -4,6 +4,7 @@
     python benchmarks/throughput.py --trainer            # ... plus the real `python train.py` loop
     python benchmarks/throughput.py --compile-modes default max-autotune --json out.json
     python benchmarks/throughput.py --quick              # CPU smoke test of this script: seconds
+    python benchmarks/throughput.py --systems ours ours_dit --dit dit_b2  # the U-Net beside DiT-B/2
 
 Every system gets random images already on the device, the same batch, bf16 autocast (fp32 on the
 CPU) and is timed eager and compiled (``torch.compile``). One training step is:
@@ -54,7 +55,19 @@ from system import System  # noqa: E402
 FULL = dict(image_size=32, channels=3, base=128, mult=(1, 2, 2, 2), blocks=2, attn=(16,), batch=128)
 QUICK = dict(image_size=16, channels=3, base=32, mult=(1, 2), blocks=1, attn=(8,), batch=4)
 
-SYSTEMS = {"ours": build_ours, "diffusers": build_diffusers, "lucidrains": build_lucidrains}
+
+
+def build_ours_dit(arch: dict, device, channels_last: bool, compile_mode: str | None, autocast) -> System:
+    """Our DiffusionModule around the DiT of conf/model/<arch["dit"]>.yaml (Peebles & Xie 2023) at arch's size."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(ROOT / "conf" / "model" / f"{arch['dit']}.yaml")
+    cfg.image_size, cfg.in_channels = arch["image_size"], arch["channels"]
+    return build_ours(arch, device, channels_last, compile_mode, autocast, net=instantiate(cfg), name="ours_dit")
+
+
+SYSTEMS = {"ours": build_ours, "ours_dit": build_ours_dit, "diffusers": build_diffusers, "lucidrains": build_lucidrains}
 
 
 # ---- measuring ----------------------------------------------------------------------------------
@@ -98,7 +111,7 @@ def measure(name: str, mode: str, args, arch: dict, device, peak: float) -> dict
         else contextlib.nullcontext
     compile_mode = None if mode == "eager" else mode
     torch.manual_seed(0)
-    system = SYSTEMS[name](arch, device, channels_last=(name == "ours" and not args.no_channels_last),
+    system = SYSTEMS[name](arch, device, channels_last=(name.startswith("ours") and not args.no_channels_last),
                           compile_mode=compile_mode, autocast=autocast)
     params = sum(p.numel() for p in system.net.parameters())
     flops = forward_flops_of(system, system.reference(), arch, device)
@@ -134,17 +147,22 @@ def measure(name: str, mode: str, args, arch: dict, device, peak: float) -> dict
 
 
 def forward_flops_of(system: System, reference: nn.Module, arch: dict, device) -> int:
-    """FLOPs of one image's forward, counted on the eager fp32 copy."""
+    """FLOPs of one image's forward, counted on the eager fp32 copy.
+
+    Attention through the math kernel: FlopCounterMode has no formula for the CPU flash kernel of
+    scaled_dot_product_attention (head dims <= 256 pick it), whose two matmuls it would drop."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    if system.name == "ours":
-        return forward_flops(reference, (arch["channels"], arch["image_size"], arch["image_size"]), device)
-    x = torch.zeros(1, arch["channels"], arch["image_size"], arch["image_size"], device=device)
-    t = torch.zeros(1, dtype=torch.long, device=device)
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        system.forward(reference, x, t)
-    return counter.get_total_flops()
+    with sdpa_kernel(SDPBackend.MATH):
+        if system.name.startswith("ours"):
+            return forward_flops(reference, (arch["channels"], arch["image_size"], arch["image_size"]), device)
+        x = torch.zeros(1, arch["channels"], arch["image_size"], arch["image_size"], device=device)
+        t = torch.zeros(1, dtype=torch.long, device=device)
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            system.forward(reference, x, t)
+        return counter.get_total_flops()
 
 
 def trainer_row(args, arch: dict, device, peak: float, flops: float) -> dict:
@@ -255,11 +273,13 @@ def main(argv=None) -> int:
     p.add_argument("--max-err", type=float, default=3e-2, help="largest relative error of a fast path vs fp32 eager")
     p.add_argument("--json", type=Path, default=None, help="write the rows and the environment here")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--dit", default=None, help="conf/model/ option of the ours_dit system (default dit_b2, quick dit_tiny)")
     args = p.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.quick else "cpu"))
     arch = dict(QUICK if args.quick else FULL)
     arch["batch"] = args.batch_size or arch["batch"]
+    arch["dit"] = args.dit or ("dit_tiny" if args.quick else "dit_b2")
     q = args.quick
     args.steps = args.steps or (2 if q else 50)
     args.repeats = args.repeats or (1 if q else 5)

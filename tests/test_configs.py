@@ -44,7 +44,9 @@ def test_model_option_builds_the_whole_module(name, tmp_path):
     from ddpm.runs.build import build_module
 
     data = {"unet_cifar10": "cifar10", "unet_mnist": "mnist", "unet_mnist_cpu": "mnist"}.get(name, "digits")
-    cfg = compose_train(f"model={name}", f"data={data}", tmp_path=tmp_path)
+    # the paper-size DiTs with one block: building 12 (and their EMA copy) takes seconds; tests/test_dit.py counts them
+    shallow = ["model.depth=1"] if name in ("dit_s2", "dit_b2") else []
+    cfg = compose_train(f"model={name}", f"data={data}", *shallow, tmp_path=tmp_path)
     module = build_module(cfg)
     assert module.sample_shape == (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
 

@@ -22,7 +22,11 @@ def forward_flops(net: nn.Module, sample_shape: Sequence[int], device: torch.dev
     x = torch.zeros((1, *sample_shape), device=device)
     t = torch.zeros(1, dtype=torch.long, device=device)
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    # the math attention kernel: the counter has no formula for the CPU flash kernel, and would drop
+    # attention's matmuls (~10% of a DiT-S/2's FLOPs); the count is the same for every kernel
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
         net.forward(x, t)
     return counter.get_total_flops()
 

@@ -1,0 +1,215 @@
+"""The Diffusion Transformer (DiT) of Peebles & Xie 2023, "Scalable Diffusion Models with Transformers".
+
+Same layout as the authors' code (facebookresearch/DiT, ``models.py``), without the learned variance:
+
+- patchify: a ``p x p`` convolution of stride ``p`` turns a (C, H, W) image into T = (H/p)(W/p)
+  tokens of width D, plus a fixed 2-D sine-cosine position embedding (Sec. 3.2);
+- conditioning vector c = MLP(sinusoidal(t)) + class embedding (K + 1 rows, the last one the null
+  class of classifier-free guidance, as in the paper's ``LabelEmbedder``);
+- ``depth`` adaLN-Zero blocks (Sec. 3.2, "adaLN-Zero block"): c regresses a shift, a scale and a
+  gate for the attention and the MLP sub-blocks; the regressing layer is zero-initialised, so every
+  gate is 0 and every block starts as the identity;
+- a final adaLN layer and a zero-initialised linear decoder to p * p * C values per token, then
+  unpatchify: the untrained network outputs zeros.
+
+Its output has the input's shape (eps, x0 or v prediction); the paper's learned variance (2C output
+channels) is not built here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddpm.errors import ConfigError
+from ddpm.nets.embeddings import ClassEmbedding, timestep_embedding
+
+FREQ_DIM = 256  # width of the sinusoidal timestep features fed to the timestep MLP (as in DiT)
+
+
+def sincos_1d(dim: int, pos: Tensor) -> Tensor:
+    """MAE/DiT 1-D sine-cosine embedding: ``pos`` (M,) -> (M, dim), [sin(pos w) | cos(pos w)],
+    w_i = 10000^(-i / (dim / 2)) for i < dim / 2."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64, device=pos.device) / (dim / 2.0))  # (dim/2,)
+    out = pos.double()[:, None] * omega[None]  # (M, dim/2)
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)  # (M, dim)
+
+
+def sincos_2d(dim: int, grid: int) -> Tensor:
+    """Fixed 2-D position embedding of a ``grid x grid`` token grid, row-major: (grid^2, dim).
+
+    Half the channels encode the column (x), half the row (y), as in the authors'
+    ``get_2d_sincos_pos_embed`` (which takes the grid as meshgrid(w, h), so x comes first)."""
+    coords = torch.arange(grid, dtype=torch.float64, device="cpu")  # on the CPU also under torch.device("meta")
+    ys, xs = torch.meshgrid(coords, coords, indexing="ij")  # each (grid, grid); token k = (y, x) row-major
+    emb = torch.cat([sincos_1d(dim // 2, xs.flatten()), sincos_1d(dim // 2, ys.flatten())], dim=1)  # (T, dim)
+    return emb.float()
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """adaLN: x (B, T, D) * (1 + scale (B, D)) + shift (B, D), per sample."""
+    return x * (1 + scale[:, None]) + shift[:, None]  # (B, T, D)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention (timm's ``Attention``: one qkv linear, one output projection)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, D = x.shape
+        qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, D // self.num_heads)  # (B, T, 3, h, D/h)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, T, D/h)
+        h = F.scaled_dot_product_attention(q, k, v)  # (B, h, T, D/h), softmax(q k^T / sqrt(D/h)) v
+        return self.proj(h.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero Transformer block: x + gate * f(modulate(LN(x))) for f = attention, then MLP."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        # x (B, T, D), c (B, D) -> six (B, D) vectors
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=1)
+        x = x + gate_a[:, None] * self.attn(modulate(self.norm1(x), shift_a, scale_a))  # (B, T, D)
+        return x + gate_m[:, None] * self.mlp(modulate(self.norm2(x), shift_m, scale_m))  # (B, T, D)
+
+
+class FinalLayer(nn.Module):
+    """adaLN (shift and scale from c, no gate) and a linear map to p * p * C values per token."""
+
+    def __init__(self, dim: int, patch_size: int, out_channels: int) -> None:
+        super().__init__()
+        self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)  # each (B, D)
+        return self.linear(modulate(self.norm_final(x), shift, scale))  # (B, T, p * p * C)
+
+
+class DiT(nn.Module):
+    """Diffusion Transformer ``net(x (B, C, H, W), t (B,), cond=None) -> (B, C, H, W)``."""
+
+    def __init__(
+        self,
+        image_size: int,
+        in_channels: int,
+        patch_size: int,
+        hidden_size: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        num_classes: int | None = None,
+    ) -> None:
+        """
+        Args:
+            image_size: side H = W of the (square) images; ``patch_size`` must divide it.
+            in_channels: C, also the output channels (one prediction per input value).
+            patch_size: p; the image becomes (H / p)^2 tokens. The paper's DiT-S/2 has p = 2.
+            hidden_size: token width D (S: 384, B: 768, L: 1024, XL: 1152); ``num_heads`` divides it.
+            depth: number of adaLN-Zero blocks (12 for S and B).
+            num_heads: attention heads (S: 6, B: 12).
+            mlp_ratio: MLP hidden width / D.
+            num_classes: None: unconditional. K: class-conditional, with a learned (K + 1, D) table
+                whose row K is the null class used for classifier-free guidance.
+        """
+        super().__init__()
+        check_args(image_size, in_channels, patch_size, hidden_size, depth, num_heads, mlp_ratio)
+        self.in_channels, self.patch_size, self.grid = in_channels, patch_size, image_size // patch_size
+        self.x_embedder = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
+        # A buffer, not a parameter: it is fixed (not trained) and a function of the constructor's
+        # arguments alone. Not persistent: checkpoints stay free of it and it is rebuilt on load.
+        self.register_buffer("pos_embed", sincos_2d(hidden_size, self.grid)[None], persistent=False)  # (1, T, D)
+        self.t_embedder = nn.Sequential(nn.Linear(FREQ_DIM, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
+        self.final_layer = FinalLayer(hidden_size, patch_size, in_channels)
+        self.num_classes = ClassEmbedding.check(num_classes)
+        if num_classes is not None:
+            self.class_embed = ClassEmbedding(num_classes, hidden_size)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """The authors' initialisation: Xavier-uniform linears (the patch conv as a linear), N(0, 0.02)
+        timestep MLP and class table, and zeros for every adaLN modulation and the output linear."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        w = self.x_embedder.weight  # (D, C, p, p)
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.bias)
+        for layer in (self.t_embedder[0], self.t_embedder[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+        if self.num_classes is not None:
+            nn.init.normal_(self.class_embed.weight, std=0.02)
+        for block in [*self.blocks, self.final_layer]:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def patchify(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> tokens (B, T, D), position embedding added."""
+        return self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, T, D)
+
+    def unpatchify(self, x: Tensor) -> Tensor:
+        """(B, T, p * p * C) -> (B, C, H, W); token k = (row, col) row-major, values (p, p, C) in order."""
+        B, p, g, C = x.shape[0], self.patch_size, self.grid, self.in_channels
+        x = x.reshape(B, g, g, p, p, C)  # (B, gh, gw, p, p, C)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(B, C, g * p, g * p)  # (B, C, H, W)
+
+    def condition(self, t: Tensor, cond: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        """The conditioning vector c (B, D): timestep MLP plus, if conditional, the class embedding."""
+        t = t.expand(batch)  # (B,), also accepts a scalar timestep
+        c = self.t_embedder(timestep_embedding(t, FREQ_DIM))  # (B, D)
+        if self.num_classes is not None:
+            c = c + self.class_embed(cond, batch, device)  # (B, D)
+        elif cond is not None:
+            raise ConfigError(ClassEmbedding.UNCONDITIONAL)
+        return c
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """``x`` (B, C, H, W), ``t`` (B,) timesteps; ``cond``: class labels (B,) in [0, num_classes]
+        (num_classes = the null class) of a conditional net, None for the null class.
+        Returns (B, C, H, W)."""
+        c = self.condition(t, cond, x.shape[0], x.device)  # (B, D)
+        h = self.patchify(x)  # (B, T, D)
+        for block in self.blocks:
+            h = block(h, c)  # (B, T, D)
+        return self.unpatchify(self.final_layer(h, c))  # (B, C, H, W)
+
+
+def check_args(image_size, in_channels, patch_size, hidden_size, depth, num_heads, mlp_ratio) -> None:
+    """One ConfigError line for the first bad constructor argument."""
+    for name, value in [("image_size", image_size), ("in_channels", in_channels), ("patch_size", patch_size),
+                        ("hidden_size", hidden_size), ("depth", depth), ("num_heads", num_heads)]:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"model.{name}={value!r} is not allowed: use a positive integer")
+    if image_size % patch_size:
+        raise ConfigError(
+            f"model.patch_size={patch_size} does not divide image_size={image_size}: use a divisor of {image_size} "
+            f"({', '.join(str(d) for d in range(1, image_size + 1) if image_size % d == 0)})"
+        )
+    if hidden_size % num_heads:
+        raise ConfigError(f"model.num_heads={num_heads} does not divide hidden_size={hidden_size}: use a divisor of it")
+    if hidden_size % 4:
+        raise ConfigError(f"model.hidden_size={hidden_size} is not allowed: use a multiple of 4 (2-D sin-cos position embedding)")
+    if not (isinstance(mlp_ratio, (int, float)) and not isinstance(mlp_ratio, bool) and math.isfinite(mlp_ratio) and mlp_ratio > 0):
+        raise ConfigError(f"model.mlp_ratio={mlp_ratio!r} is not allowed: use a positive number")
