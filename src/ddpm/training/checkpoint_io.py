@@ -134,21 +134,25 @@ def run_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
 def find_resume(run_dir: str | os.PathLike) -> tuple[Path, int] | None:
     """The newest complete checkpoint of ``run_dir`` and its step: the highest ``global_step``, the
     most recently written among equals; None when the run has none (a first start). Damaged files (a
-    save cut short) are passed over, and the temp files a killed save left are removed."""
+    save cut short) are passed over, and the temp files a killed save left are removed.
+
+    Every candidate's step is read from its pickle alone (memory-mapped: a long run may hold
+    thousands of periodic checkpoints); only the chosen one is read whole for its CRC check, and
+    the next one when it fails.
+    """
     if rank_zero_only.rank == 0:
         for directory in (Path(run_dir), Path(run_dir) / "checkpoints"):
             remove_orphans(directory)
-    best = None
+    ranked = []
     for path in run_checkpoints(run_dir):
-        if not is_complete(path):
-            continue
         try:
-            key = (saved_step(path), path.stat().st_mtime)
-        except Exception:  # unreadable as tensors and plain containers: not one of ours, not resumed from
+            ranked.append(((saved_step(path), path.stat().st_mtime), path))
+        except Exception:  # cut short before its index, or not tensors and plain containers: not resumed from
             continue
-        if best is None or key > best[0]:
-            best = (key, path)
-    return None if best is None else (best[1], best[0][0])
+    for (step, _), path in sorted(ranked, reverse=True):
+        if is_complete(path):
+            return path, step
+    return None
 
 
 def is_local(path) -> bool:

@@ -8,12 +8,11 @@ import time
 import numpy as np
 import torch
 
-from ddpm.errors import ConfigError
 from ddpm.evaluation.classifier import DomainClassifier, load_or_train
 from ddpm.evaluation.classifier_metrics import frechet_to, label_accuracy
-from ddpm.evaluation.sampling import balanced_labels, chunk_seed, generate_shard, shard_sizes
+from ddpm.evaluation.sampling import balanced_labels, generate_shard, shard_sizes
 from ddpm.training.callbacks.fid import lightning_shard
-from ddpm.training.callbacks.periodic import EveryNSteps
+from ddpm.training.callbacks.periodic import EveryNSteps, check_sampled_evaluation
 
 
 class ClassifierMetricsCallback(EveryNSteps):
@@ -41,12 +40,7 @@ class ClassifierMetricsCallback(EveryNSteps):
 
     def __init__(self, every_n_steps: int = 1000, num_samples: int = 1000, batch_size: int = 250, sampler=None,
                  seed: int = 0, guidance_scale: float | None = None, cache_dir: str | None = None):
-        if every_n_steps < 1 or num_samples < 2 or batch_size < 1:
-            raise ConfigError(
-                f"every_n_steps={every_n_steps!r}, num_samples={num_samples!r}, batch_size={batch_size!r}: "
-                "need every_n_steps >= 1, num_samples >= 2, batch_size >= 1"
-            )
-        chunk_seed(seed, 0)  # a negative seed fails here, not at the first evaluation
+        check_sampled_evaluation(every_n_steps, num_samples, batch_size, seed)
         super().__init__(every_n_steps)
         self.num_samples, self.batch_size, self.sampler, self.seed = num_samples, batch_size, sampler, seed
         self.guidance_scale, self.cache_dir = guidance_scale, cache_dir

@@ -9,13 +9,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ddpm.errors import ConfigError
 from ddpm.evaluation.distances import frechet_distance
 from ddpm.evaluation.feature_stats import FeatureStats
 from ddpm.evaluation.inception import Extractor, InceptionFeatures, extract_features
 from ddpm.evaluation.reference import Shard, reference_from_file, reference_statistics
-from ddpm.evaluation.sampling import balanced_labels, chunk_seed, generate_shard, shard_sizes
-from ddpm.training.callbacks.periodic import EveryNSteps
+from ddpm.evaluation.sampling import balanced_labels, generate_shard, shard_sizes
+from ddpm.training.callbacks.periodic import EveryNSteps, check_sampled_evaluation
 
 
 def fid_name(num_samples: int) -> str:
@@ -87,12 +86,7 @@ class FIDCallback(EveryNSteps):
         cache_dir: str | None = None,
         feature_extractor: Extractor | None = None,
     ):
-        if every_n_steps < 1 or num_samples < 2 or batch_size < 1:
-            raise ConfigError(
-                f"every_n_steps={every_n_steps!r}, num_samples={num_samples!r}, batch_size={batch_size!r}: "
-                "need every_n_steps >= 1, num_samples >= 2, batch_size >= 1"
-            )
-        chunk_seed(seed, 0)  # a negative seed fails here, not at the first evaluation
+        check_sampled_evaluation(every_n_steps, num_samples, batch_size, seed)
         super().__init__(every_n_steps)
         self.num_samples, self.batch_size = num_samples, batch_size
         self.sampler, self.seed = sampler, seed

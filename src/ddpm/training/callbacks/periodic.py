@@ -7,6 +7,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from ddpm.errors import ConfigError
+from ddpm.evaluation.sampling import chunk_seed
 
 
 def log_image(trainer: L.Trainer, key: str, image: Tensor, step: int) -> None:
@@ -16,6 +17,17 @@ def log_image(trainer: L.Trainer, key: str, image: Tensor, step: int) -> None:
             logger.log_image(key=key, images=[image.float().cpu()], step=step)
         elif hasattr(getattr(logger, "experiment", None), "add_image"):  # TensorBoard
             logger.experiment.add_image(key, image.float().cpu(), global_step=step)
+
+
+def check_sampled_evaluation(every_n_steps: int, num_samples: int, batch_size: int, seed: int) -> None:
+    """The arguments of a callback that samples and scores every ``every_n_steps`` steps (FID, FD):
+    a ConfigError of one line naming them, at construction rather than at the first evaluation."""
+    if every_n_steps < 1 or num_samples < 2 or batch_size < 1:
+        raise ConfigError(
+            f"every_n_steps={every_n_steps!r}, num_samples={num_samples!r}, batch_size={batch_size!r}: "
+            "need every_n_steps >= 1, num_samples >= 2, batch_size >= 1"
+        )
+    chunk_seed(seed, 0)  # a negative seed
 
 
 class EveryNSteps(L.Callback):
