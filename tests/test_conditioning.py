@@ -171,7 +171,7 @@ def test_conditional_training_passes_the_dropped_labels_to_the_net():
     (lambda: make_module().compute_loss((torch.zeros(2, 2), torch.tensor([0, K]))), f"class label {K} is not allowed"),
     (lambda: make_module().compute_loss((torch.zeros(2, 2), torch.tensor([-1, 0]))), "class label -1 is not allowed"),
     (lambda: make_module().compute_loss([torch.zeros(2, 2)]), "needs labelled batches"),
-    (lambda: make_module(None).sample(2, guidance_scale=3.0), "guidance_scale=3.0 needs a class-conditional model"),
+    (lambda: make_module(None).sample(2, guidance_scale=3.0), "guidance_scale=3.0 needs a class-conditional or text model"),
     (lambda: make_module(None).sample(2, cond=torch.tensor([0, 1])), "unconditional model"),
     (lambda: make_module().sample(2, cond=torch.tensor([0, K])), f"class label {K} is not allowed"),
     (lambda: make_module().sample(2, cond=torch.tensor([0, 1]), guidance_scale=-2), "scale=-2 is not allowed"),
@@ -234,9 +234,9 @@ def test_evaluate_draws_balanced_labels_by_default(options, labels, scale):
 
     from ddpm.runs.evaluate import sample_labels
 
-    got, s, tag = sample_labels(OmegaConf.create({"num_samples": 7, "seed": 0, **options}), StandInModule(3))
+    _, got, s, tag = sample_labels(OmegaConf.create({"num_samples": 7, "seed": 0, **options}), StandInModule(3))
     assert got.tolist() == labels and s == scale and tag.startswith(f"_s{scale:g}")
-    random, _, _ = sample_labels(OmegaConf.create({"num_samples": 300, "seed": 0, "class_labels": "random"}), StandInModule(3))
+    _, random, _, _ = sample_labels(OmegaConf.create({"num_samples": 300, "seed": 0, "class_labels": "random"}), StandInModule(3))
     assert set(random.tolist()) == {0, 1, 2} and random.tolist() != balanced_labels(300, 3).tolist()
 
 

@@ -27,7 +27,12 @@ Options:
         (std with Bessel's correction, as torch.std in their Algorithm 2; applied to eps as
         diffusers' ``rescale_noise_cfg`` does).
 
-Shapes: x_t (B, ...) of the data's shape; t (B,) integer timesteps; labels (B,) int64 in [0, num_classes).
+Text prompts: for a text-conditional network the condition is a ``TextCondition`` (encoded prompts,
+``ddpm.diffusion.conditions``) and the unconditional half gets ``null_condition``, the encoded empty
+prompt "" (1, L, D) (Stable Diffusion's convention), repeated over the batch.
+
+Shapes: x_t (B, ...) of the data's shape; t (B,) integer timesteps; labels (B,) int64 in [0, num_classes),
+or TextCondition (B, L, D) with mask (B, L).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ddpm.diffusion.conditions import TextCondition, cat_conditions
 from ddpm.diffusion.denoiser import Denoiser, DenoiserOutput
 from ddpm.errors import ConfigError
 
@@ -73,15 +79,18 @@ class ClassifierFreeGuidance:
     Args:
         denoiser: the conditional model's ``Denoiser``; its net takes ``net(x_t, t, labels)`` and
             labels == num_classes is the null class (the unconditional model).
-        num_classes: the number of classes; ``num_classes`` is the null label.
+        num_classes: the number of classes; ``num_classes`` is the null label (None for a text model).
         scale: s >= 0; 1 gives the conditional denoiser exactly, 0 the unconditional one.
         interval: None (guide at every t) or (t_lo, t_hi), integer timesteps: guide only there.
         rescale: phi in [0, 1] of Lin et al. 2024 (0: plain guidance).
+        null_condition: a text model's empty prompt, ``TextCondition`` (1, L, D); None for labels.
     """
 
     def __init__(self, denoiser: Denoiser, num_classes: int, scale: float = DEFAULT_SCALE,
-                 interval: Sequence[int] | None = None, rescale: float = 0.0):
+                 interval: Sequence[int] | None = None, rescale: float = 0.0,
+                 null_condition: TextCondition | None = None):
         self.denoiser, self.num_classes, self.scale = denoiser, num_classes, check_scale(scale)
+        self.null_condition = null_condition
         if interval is not None:
             interval = tuple(interval)
             if len(interval) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in interval) \
@@ -93,15 +102,22 @@ class ClassifierFreeGuidance:
         self.interval, self.rescale = interval, float(rescale)
 
     def __call__(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> DenoiserOutput:
-        if cond is None:  # no labels: the unconditional model (the null class)
-            return self.denoiser(x_t, t, None)
+        if cond is None:  # no labels: the unconditional model (the null class, or the empty prompt)
+            return self.denoiser(x_t, t, self.null_like(x_t.shape[0], x_t.device))
         cond = cond.to(x_t.device)
         scale = self.scale_at(t)  # (B,) on the device, or a float when it is the same for all
         if isinstance(scale, float) and scale == 1.0:
             return self.denoiser(x_t, t, cond)  # the conditional model, one call on B samples
         if isinstance(scale, float) and scale == 0.0:
-            return self.denoiser(x_t, t, None)
+            return self.denoiser(x_t, t, self.null_like(x_t.shape[0], x_t.device))
         return self.guided(x_t, t, cond, scale)
+
+    def null_like(self, batch: int, device: torch.device) -> TextCondition | Tensor | None:
+        """The null condition for ``batch`` samples: the empty prompt (B, L, D) of a text model, the null
+        class (B,) of a class-conditional one (None: the nets' own default, also the null class)."""
+        if self.null_condition is not None:
+            return self.null_condition.to(device).expand(batch)
+        return None if self.num_classes is None else torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
 
     def scale_at(self, t: Tensor) -> float | Tensor:
         """s where t lies in the interval, 1 elsewhere; a float when that is one value for the batch."""
@@ -119,9 +135,9 @@ class ClassifierFreeGuidance:
         d, B = self.denoiser, x_t.shape[0]
         schedule, parameterization = d.schedule, d.parameterization
         # 1. both halves in one batched call: [x_t; x_t] with labels [y; null]  (Ho & Salimans 2022, Alg. 2)
-        null = torch.full_like(cond, self.num_classes)
+        null = self.null_like(B, x_t.device)  # (B,) null class, or (B, L, D) empty prompt
         x2, t2 = torch.cat([x_t, x_t]), torch.cat([t, t])
-        out = d.net_output(x2, t2, torch.cat([cond, null]))  # (2B, ...)
+        out = d.net_output(x2, t2, cat_conditions(cond, null))  # (2B, ...)
         # 2. each half's eps implied by the parameterization, unclipped
         _, eps2 = parameterization.to_x0_eps(schedule, out, x2, t2)
         eps_c, eps_u = eps2[:B], eps2[B:]

@@ -20,11 +20,13 @@ def build_module(cfg: DictConfig, datamodule=None) -> DiffusionModule:
     shape = cfg.module.get("sample_shape")
     if shape is None:
         shape = (datamodule if datamodule is not None else instantiate(cfg.data)).sample_shape
+    text_encoder, model_args = build_text_encoder(cfg)
     return instantiate(
         cfg.module,
         _convert_="all",  # plain lists in the hyperparameters, so checkpoints load with weights_only
         sample_shape=list(shape),
-        net=instantiate(cfg.model),
+        net=instantiate(cfg.model, **model_args),
+        text_encoder=text_encoder,
         schedule=instantiate(cfg.schedule),
         denoiser=instantiate(cfg.denoiser),
         loss=instantiate(cfg.loss),
@@ -32,6 +34,21 @@ def build_module(cfg: DictConfig, datamodule=None) -> DiffusionModule:
         optimizer=instantiate(cfg.optimizer),
         guidance=instantiate(cfg.guidance) if cfg.get("guidance") else None,  # runs from before guidance: None
     )
+
+
+def build_text_encoder(cfg: DictConfig):
+    """(the text encoder of ``cfg.text_encoder`` or None, extra model arguments): a text encoder sets the
+    network's ``context_dim`` to its embedding width unless the model config gives one."""
+    if not cfg.get("text_encoder"):
+        return None, {}
+    if "context_dim" not in cfg.model:
+        raise ConfigError(f"text_encoder= needs a network with cross-attention, but model {cfg.model._target_} has none "
+                          "(model.context_dim): use a U-Net or DiT model")
+    if cfg.model.get("num_classes") is not None:
+        raise ConfigError(f"text_encoder= with model.num_classes={cfg.model.num_classes}: a model is conditioned on "
+                          "class labels or on text, not both: set model.num_classes=null")
+    encoder = instantiate(cfg.text_encoder)
+    return encoder, ({"context_dim": encoder.dim} if cfg.model.get("context_dim") is None else {})
 
 
 def check_conditional_data(cfg: DictConfig) -> None:

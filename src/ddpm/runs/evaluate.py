@@ -14,6 +14,7 @@ and scores and writes them, so the samples and the numbers are those of one proc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -43,6 +44,7 @@ from ddpm.runs.classifier_eval import check_classifier_request, classifier_eval,
 from ddpm.runs.load import load_run
 from ddpm.runs.train import quiet_lightning
 from ddpm.runs.validate import validate_evaluate_config
+from ddpm.training.prompts import check_prompts, sampling_condition
 from ddpm.training.speed import resolve_speed
 
 SHOWN = ("fid", "kid_mean", "is", "nll_bpd", "fd", "fd_floor", "accuracy",
@@ -139,22 +141,46 @@ def plain(value):
     return OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
 
 
-def sample_labels(cfg: DictConfig, module) -> tuple[torch.Tensor | None, float | None, str]:
-    """(labels (N,) or None, guidance scale or None, out_dir tag) from ``class_labels`` and ``guidance_scale``.
+def sample_labels(cfg: DictConfig, module, data_cfg=None) -> tuple[object, torch.Tensor | None, float | None, str]:
+    """(condition for ``module.sample``, labels (N,) or None, guidance scale or None, out_dir tag) from
+    ``class_labels``, ``prompts``, ``prompt_labels`` and ``guidance_scale``.
 
     ``class_labels``: null (balanced for a conditional model, none for an unconditional one),
     ``balanced`` (0, 1, ..., K-1, 0, ...), ``random`` (uniform, from ``seed``), or a list of labels
-    repeated to num_samples. A scale or labels for an unconditional model, or a label outside
-    [0, num_classes), is a ConfigError.
+    repeated to num_samples. A text model is sampled with class prompts then: label k's prompt is the
+    data's first caption template for class k ("a handwritten three"), so accuracy stays measurable.
+    ``prompts``: a list of prompts for a text model, repeated to num_samples (``prompt_labels``: the class
+    each prompt depicts, for metrics=[accuracy]). A scale, labels or prompts the model cannot take, or
+    a label outside [0, num_classes), is a ConfigError.
     """
     choice, scale, num_classes = cfg.get("class_labels"), cfg.get("guidance_scale"), module.num_classes
-    if num_classes is None:
+    prompts, prompt_labels = plain(cfg.get("prompts")), plain(cfg.get("prompt_labels"))
+    text = getattr(module, "text", None) is not None
+    if prompts is not None and not text:
+        sampling_condition(prompts, None, num_classes, module.device)  # prompts to a label model: one line
+    if num_classes is None and not text:
         for key, value in (("guidance_scale", scale), ("class_labels", choice)):
             if value is not None:
                 raise ConfigError(f"{key}={value} needs a class-conditional checkpoint; this run's model is "
                                   "unconditional (model.num_classes=null, trained without labels): leave it unset")
-        return None, None, ""
+        return None, None, None, ""
     n = cfg.num_samples
+    if text and prompts is not None:
+        if choice is not None:
+            raise ConfigError(f"class_labels={choice!r} and prompts= were both given: give one of them")
+        prompts = check_prompts(prompts)
+        cond = (prompts * -(-n // len(prompts)))[:n]
+        labels = None
+        if prompt_labels is not None:
+            if not isinstance(prompt_labels, list) or len(prompt_labels) != len(prompts) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in prompt_labels):
+                raise ConfigError(f"prompt_labels={prompt_labels!r} is not allowed: give one class label per prompt "
+                                  f"({len(prompts)}), e.g. prompt_labels=[3] for prompts=['a handwritten three']")
+            labels = torch.tensor(prompt_labels).repeat(-(-n // len(prompts)))[:n]
+        scale = module.guidance_scale if scale is None else check_scale(scale)
+        return cond, labels, scale, f"_s{scale:g}_prompts-" + slug(prompts)
+    if text:
+        num_classes = len(class_prompts(data_cfg, "class_labels"))
     if choice is None or choice == "balanced":
         labels, tag = balanced_labels(n, num_classes), ""
     elif choice == "random":
@@ -167,11 +193,39 @@ def sample_labels(cfg: DictConfig, module) -> tuple[torch.Tensor | None, float |
         raise ConfigError(f"class_labels={choice!r} is not allowed: use balanced, random or a list of labels in "
                           f"[0, {num_classes}), e.g. class_labels=[3,5]")
     scale = module.guidance_scale if scale is None else check_scale(scale)
-    return labels, scale, f"_s{scale:g}{tag}"
+    cond = labels
+    if text:  # label k -> the data's class prompt, e.g. "a handwritten three"
+        table = class_prompts(data_cfg, "class_labels")
+        cond, tag = [table[int(k)] for k in labels], tag + "_class-prompts"
+    return cond, labels, scale, f"_s{scale:g}{tag}"
+
+
+def class_prompts(data_cfg, key: str) -> list[str]:
+    """One prompt per class of a captioned dataset: its first caption template filled with each class name."""
+    names = None if data_cfg is None else data_cfg.get("class_names")
+    templates = None if data_cfg is None else data_cfg.get("caption_templates")
+    if not names or not templates:
+        raise ConfigError(f"{key}= on a text model needs the data's class names and caption templates "
+                          "(data.class_names, data.caption_templates) to make one prompt per class: give prompts=[...] instead")
+    return [str(templates[0]).format(name=name, index=k) for k, name in enumerate(names)]
+
+
+def labels_known(cfg: DictConfig, module) -> int | None:
+    """Not None when the samples will have class labels (for metrics=[accuracy])."""
+    if getattr(module, "text", None) is not None:
+        return 1 if cfg.get("prompts") is None or cfg.get("prompt_labels") is not None else None
+    return module.num_classes
+
+
+def slug(prompts: list[str]) -> str:
+    """A short file-name-safe tag of prompts, e.g. 'a-handwritten-three' (and a hash when cut)."""
+    text = "_".join(prompts)
+    short = "".join(c if c.isalnum() else "-" for c in text)[:40].strip("-")
+    return short if len(text) <= 40 else f"{short}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
 def sample_run(cfg: DictConfig, module, run_dir: Path, device,
-               shard: Shard = Shard()) -> tuple[np.ndarray | None, torch.Tensor | None, Path, dict]:
+               shard: Shard = Shard(), data_cfg=None) -> tuple[np.ndarray | None, torch.Tensor | None, Path, dict]:
     """Sample the EMA weights with cfg.sampler (this rank's chunks of ``shard``, gathered on rank 0);
     rank 0 writes samples.npz (with ``labels`` for a conditional model) and samples.png and times it.
     Returns (images uint8 (N, H, W, C) on rank 0, else None; labels (N,) or None; out_dir; info).
@@ -180,7 +234,7 @@ def sample_run(cfg: DictConfig, module, run_dir: Path, device,
     and labels (``sample_labels``) and the denoiser changes appended (``denoiser_tag``), so they
     never overwrite the samples of the run as trained.
     """
-    labels, scale, label_tag = sample_labels(cfg, module)
+    cond, labels, scale, label_tag = sample_labels(cfg, module, data_cfg)
     sampler = instantiate(cfg.sampler)
     steps = len(sampler.timesteps(module.schedule))
     tag = label_tag + denoiser_tag(denoiser_changes(cfg))
@@ -189,7 +243,7 @@ def sample_run(cfg: DictConfig, module, run_dir: Path, device,
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     start = time.perf_counter()
     with amp:
-        images, _ = generate_shard(module, cfg.num_samples, cfg.batch_size, cfg.seed, sampler, labels, scale,
+        images, _ = generate_shard(module, cfg.num_samples, cfg.batch_size, cfg.seed, sampler, cond, scale,
                                    shard.rank, shard.world, device, cfg.progress and shard.rank == 0)
     sizes = shard_sizes(cfg.num_samples, cfg.batch_size, shard.world)
     images = shard.gather_rows(torch.from_numpy(images), sizes).numpy()  # (N, H, W, C) in sample order
@@ -201,11 +255,16 @@ def sample_run(cfg: DictConfig, module, run_dir: Path, device,
         return None, labels, out_dir, info
     save_images_npz(out_dir / "samples.npz", images, None if labels is None else labels.numpy())
     save_image(image_grid(from_uint8(images[:64]).permute(0, 3, 1, 2)), out_dir / "samples.png")  # (N, C, H, W)
-    if labels is not None:
+    if cond is not None:
         guided = module.guided(guidance_scale=scale)
         info.update(num_classes=module.num_classes, guidance_scale=scale, guidance_interval=guided.interval,
-                    guidance_rescale=guided.rescale, class_labels=plain(cfg.get("class_labels")) or "balanced",
-                    label_counts=torch.bincount(labels, minlength=module.num_classes).tolist())
+                    guidance_rescale=guided.rescale)
+        if isinstance(cond, list):  # prompts of a text model
+            info.update(prompts=sorted(set(cond)) if len(set(cond)) <= 64 else len(set(cond)))
+        if cfg.get("prompts") is None:
+            info.update(class_labels=plain(cfg.get("class_labels")) or "balanced")
+        if labels is not None:
+            info.update(label_counts=torch.bincount(labels, minlength=module.num_classes or int(labels.max()) + 1).tolist())
     return images, labels, out_dir, info
 
 
@@ -258,12 +317,12 @@ def evaluate(cfg: DictConfig, feature_extractor: Extractor | None = None) -> dic
         module.speed_up(*resolve_speed(cfg.channels_last, cfg.compile, device))  # "auto": on a GPU
         data_cfg = cfg.get("data") or run_cfg.data
         test_set = instantiate(data_cfg).test_dataset() if "nll" in metrics else None  # fail before sampling
-        check_classifier_request(cfg, metrics, module.num_classes)  # accuracy needs a conditional model
+        check_classifier_request(cfg, metrics, labels_known(cfg, module))  # accuracy needs a conditional model
         denoiser = module.denoiser()
         result.update(ckpt_path=str(cfg.ckpt_path), denoiser=dict(prediction_type=denoiser.prediction_type,
                       clip_denoised=denoiser.clip_denoised, variance=denoiser.variance))
         if scores or domain:
-            images, labels, out_dir, info = sample_run(cfg, module, run_dir, device, shard)
+            images, labels, out_dir, info = sample_run(cfg, module, run_dir, device, shard, data_cfg)
             result.update(info)
         else:
             out_dir = Path(cfg.out_dir or run_dir / "eval" / f"nll_{denoiser.variance}_{cfg.nll.num_images}")

@@ -8,6 +8,7 @@ Each concern lives in its own object; the module only calls them:
     speed switches                ``resolve_speed``   (ddpm.training.speed)
     per-t loss logging            ``LossByTimestep``  (ddpm.training.loss_log)
     skipping non-finite steps     ``NonFiniteGuard``  (ddpm.training.nonfinite)
+    text prompts                  ``PromptConditioning`` (ddpm.training.prompts)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 import torch
 from torch import Tensor, nn
 
+from ddpm.diffusion.conditions import TextCondition
 from ddpm.diffusion.denoiser import Denoiser
 from ddpm.diffusion.guidance import ClassifierFreeGuidance, check_labels, check_scale
 from ddpm.diffusion.schedules import NoiseSchedule
@@ -27,6 +29,7 @@ from ddpm.errors import ConfigError
 from ddpm.training.ema import make_ema
 from ddpm.training.loss_log import LossByTimestep
 from ddpm.training.nonfinite import NonFiniteGuard
+from ddpm.training.prompts import PromptConditioning, sampling_condition
 from ddpm.training.speed import check_speed_options, resolve_speed
 
 
@@ -59,6 +62,10 @@ class DiffusionModule(L.LightningModule):
         guidance: ``guidance(denoiser=, num_classes=, scale=) -> guided denoiser`` (a Hydra partial of
             ``ClassifierFreeGuidance``, ``conf/guidance/``): how a conditional model is sampled with
             labels, and its default scale. None: ``ClassifierFreeGuidance``'s defaults.
+        text_encoder: for a text-conditional net (``net.context_dim`` set): the prompt encoder
+            (``conf/text_encoder/``), ``forward(list[str]) -> (embeddings (B, L, context_dim), mask (B, L))``;
+            None for a net trained on precomputed embeddings only. Captions are dropped to the empty
+            prompt "" with probability ``p_uncond``.
     """
 
     def __init__(
@@ -79,17 +86,20 @@ class DiffusionModule(L.LightningModule):
         max_nonfinite_steps: int = 20,
         p_uncond: float = 0.1,
         guidance: Callable[..., ClassifierFreeGuidance] | None = None,
+        text_encoder: nn.Module | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "schedule", "denoiser", "loss", "sampler", "optimizer", "guidance"],
-                                  logger=False)
+        self.save_hyperparameters(ignore=["net", "schedule", "denoiser", "loss", "sampler", "optimizer", "guidance",
+                                          "text_encoder"], logger=False)
         if warmup_steps < 0:
             raise ConfigError(f"warmup_steps={warmup_steps!r} is not allowed: use 0 (no warm-up) or more")
         if isinstance(p_uncond, bool) or not isinstance(p_uncond, (int, float)) or not 0.0 <= p_uncond <= 1.0:
             raise ConfigError(f"module.p_uncond={p_uncond!r} is not allowed: use a probability in [0, 1] "
                               "(0: purely conditional training)")
         self.p_uncond = float(p_uncond)
-        self.num_classes: int | None = getattr(net, "num_classes", None)  # None: an unconditional model
+        self.num_classes: int | None = getattr(net, "num_classes", None)  # None: an unconditional (or text) model
+        self.context_dim: int | None = getattr(net, "context_dim", None)  # set: a text-conditional model
+        self.text = self.make_text_conditioning(text_encoder, ema_decay, ema_warmup)
         self.guidance = guidance or ClassifierFreeGuidance
         self._labels_checked = False
         self.net = net
@@ -113,6 +123,27 @@ class DiffusionModule(L.LightningModule):
         if self.num_classes is not None:
             self.guided()  # and a bad guidance option
 
+    def make_text_conditioning(self, encoder: nn.Module | None, ema_decay: float, ema_warmup: bool):
+        if self.context_dim is None:
+            if encoder is not None:
+                raise ConfigError("text_encoder= was given but the network has no cross-attention (model.context_dim="
+                                  "null): use a text-conditional model, or drop the text encoder")
+            return None
+        dim = getattr(encoder, "dim", self.context_dim)
+        if dim != self.context_dim:
+            raise ConfigError(f"the text encoder gives embeddings of width {dim} but model.context_dim={self.context_dim}: "
+                              "they must match (leave model.context_dim unset to take the encoder's)")
+        return PromptConditioning(encoder, ema_decay, ema_warmup)
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the model takes a condition (class labels or text prompts) and samples with guidance."""
+        return self.num_classes is not None or self.text is not None
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the optimizer trains: the network's parameters, and a jointly trained text encoder's."""
+        return [*self.net.parameters(), *(self.text.trainable_parameters() if self.text is not None else [])]
+
     # ---- the model as a denoiser ------------------------------------------------------------
     def denoiser(self, use_ema: bool = True) -> Denoiser:
         """The EMA (default) or raw network as a ``Denoiser``: (x_t, t, cond) -> (x0_hat, eps_hat, log_variance)."""
@@ -122,12 +153,14 @@ class DiffusionModule(L.LightningModule):
         """The (EMA) denoiser of a conditional model under classifier-free guidance at ``guidance_scale``
         (s = 1 + w; None: the run's configured scale)."""
         scale = {} if guidance_scale is None else {"scale": check_scale(guidance_scale)}
+        if self.text is not None:
+            scale["null_condition"] = self.text.null(use_ema, self.device)
         return self.guidance(denoiser=self.denoiser(use_ema), num_classes=self.num_classes, **scale)
 
     @property
     def guidance_scale(self) -> float | None:
         """The scale conditional samples are drawn at by default (None for an unconditional model)."""
-        return None if self.num_classes is None else self.guided().scale
+        return self.guided().scale if self.conditional else None
 
     @torch.no_grad()
     def sample(
@@ -141,18 +174,21 @@ class DiffusionModule(L.LightningModule):
     ) -> Tensor:
         """Draw samples (N, *sample_shape) in [-1, 1]; x_T and all noise come from ``generator``.
 
-        ``cond``: class labels (N,) in [0, num_classes) of a conditional model, sampled with
+        ``cond``: class labels (N,) in [0, num_classes) of a class-conditional model, or prompts
+        (list of N strings, or an encoded ``TextCondition``) of a text-conditional one, sampled with
         classifier-free guidance at ``guidance_scale`` (s = 1 + w; None: the run's scale); None:
-        unconditional samples (the null class). Labels or a scale for an unconditional model are
-        a ConfigError.
+        unconditional samples (the null class, the empty prompt). Labels, prompts or a scale the
+        model cannot take are a ConfigError.
         """
-        if self.num_classes is None and guidance_scale is not None:
-            raise ConfigError(f"guidance_scale={guidance_scale!r} needs a class-conditional model; this one is "
+        if not self.conditional and guidance_scale is not None:
+            raise ConfigError(f"guidance_scale={guidance_scale!r} needs a class-conditional or text model; this one is "
                               "unconditional (model.num_classes=null): leave guidance_scale unset")
-        labels = check_labels(cond, self.num_classes)
+        labels = sampling_condition(cond, self.text, self.num_classes, self.device, use_ema)
         if labels is not None and len(labels) != num_samples:
-            raise ConfigError(f"{len(labels)} class labels for {num_samples} samples: give one label per sample")
+            raise ConfigError(f"{len(labels)} conditions (labels or prompts) for {num_samples} samples: give one per sample")
         denoiser = self.denoiser(use_ema) if labels is None else self.guided(use_ema, guidance_scale)
+        if labels is None and self.text is not None:
+            denoiser = self.guided(use_ema, 0.0)  # the unconditional model: the empty prompt
         was_training = self.training
         self.eval()
         x_T = torch.randn((num_samples, *self.sample_shape), generator=generator, device=self.device)
@@ -187,6 +223,9 @@ class DiffusionModule(L.LightningModule):
         self._noise = torch.Generator(device=self.device)
         self._run_seed = torch.initial_seed()  # the run's seed, before _seed_noise reseeds the global generators
         self._seed_noise(global_generators=False)  # the data loaders are made after this with the run's seed
+        null = getattr(getattr(self.trainer, "datamodule", None), "null_condition", None)
+        if self.text is not None and null is not None:
+            self.text.set_null(null)  # precomputed embeddings: the data's empty prompt
         self._noise_step = -1  # the first training step seeds all again, once Lightning has restored global_step
 
     def _seed_noise(self, global_generators: bool = True) -> None:
@@ -220,8 +259,22 @@ class DiffusionModule(L.LightningModule):
         x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
         if x0.ndim == 4:
             x0 = x0.contiguous(memory_format=self.memory_format)
-        cond = None if self.num_classes is None else self.training_labels(batch)
+        if self.text is not None:
+            cond = self.training_prompts(batch)
+        else:
+            cond = None if self.num_classes is None else self.training_labels(batch)
         return self.loss(self.denoiser(use_ema=False), x0, self._noise, cond)
+
+    def training_prompts(self, batch) -> TextCondition:
+        """The batch's captions encoded (B, L, D), each dropped to the empty prompt with probability p_uncond."""
+        if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+            raise ConfigError("a text-conditional model (model.context_dim set) needs captioned batches (images, "
+                              "captions), but the data gives none: set data.captions=templates, sidecar or embeddings")
+        x0 = batch[0]
+        drop = None
+        if self.p_uncond > 0:
+            drop = torch.rand((x0.shape[0],), generator=self._noise, device=x0.device) < self.p_uncond  # (B,)
+        return self.text.training_condition(batch[1], drop)
 
     def training_labels(self, batch) -> Tensor:
         """The batch's labels (B,), each dropped to the null class ``num_classes`` with probability p_uncond."""
@@ -253,7 +306,7 @@ class DiffusionModule(L.LightningModule):
         return self._loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        grads = [p.grad for p in self.trainable_parameters() if p.grad is not None]
         scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
         loss = self._loss if self.trainer.world_size == 1 else None
         self._finite, grad_norm = self.nonfinite.check(loss, grads, optimizer, scaled)
@@ -269,10 +322,15 @@ class DiffusionModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["nonfinite_steps"] = self.nonfinite.state_dict()
+        null = self.text.state_for_checkpoint() if self.text is not None else None
+        if null is not None:
+            checkpoint["null_prompt"] = null  # the empty prompt of precomputed embeddings
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "nonfinite_steps" in checkpoint:
             self.nonfinite.load_state_dict(checkpoint["nonfinite_steps"])
+        if self.text is not None and "null_prompt" in checkpoint:
+            self.text.set_null((checkpoint["null_prompt"]["embeddings"], checkpoint["null_prompt"]["mask"]))
         try:
             trainer = self.trainer
         except RuntimeError:  # loaded outside a Trainer (load_run): nothing to check
@@ -310,7 +368,7 @@ class DiffusionModule(L.LightningModule):
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         if not gradient_clip_val or scaler is not None or gradient_clip_algorithm not in (None, "norm"):
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        torch.nn.utils.clip_grad_norm_(self.net.parameters(), gradient_clip_val)
+        torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), gradient_clip_val)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         # The EMA follows every optimizer step (not every micro-batch under gradient accumulation),
@@ -318,9 +376,11 @@ class DiffusionModule(L.LightningModule):
         # A non-finite step was skipped by the optimizer (NonFiniteGuard); the EMA skips it too.
         super().optimizer_step(*args, **kwargs)
         self.ema.update_parameters(self.net, enabled=self._finite)
+        if self.text is not None:
+            self.text.update_ema(self._finite)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.net.parameters())
+        optimizer = self.optimizer_factory(self.trainable_parameters())
         # the optimizer's hyper-parameters as configured (a resume restores the checkpoint's; on_train_start re-applies)
         self._configured_groups = [{k: v for k, v in group.items() if k in ("lr", "betas", "eps", "weight_decay", "momentum")}
                                    for group in optimizer.param_groups]

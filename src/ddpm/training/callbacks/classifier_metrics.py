@@ -13,6 +13,7 @@ from ddpm.evaluation.classifier_metrics import frechet_to, label_accuracy
 from ddpm.evaluation.sampling import balanced_labels, generate_shard, shard_sizes
 from ddpm.training.callbacks.fid import lightning_shard
 from ddpm.training.callbacks.periodic import EveryNSteps, check_sampled_evaluation
+from ddpm.training.prompts import class_prompts_of, conditions_for
 
 
 class ClassifierMetricsCallback(EveryNSteps):
@@ -68,8 +69,11 @@ class ClassifierMetricsCallback(EveryNSteps):
             self.classifier = load_or_train(trainer.datamodule, self.cache_dir)
         shard = lightning_shard(trainer, pl_module)
         num_classes = getattr(pl_module, "num_classes", None)
-        labels = None if num_classes is None else balanced_labels(self.num_samples, num_classes)  # (N,) by index
-        images, _ = generate_shard(pl_module, self.num_samples, self.batch_size, self.seed, self.sampler, labels,
+        if getattr(pl_module, "text", None) is not None:  # a text model: the data's class prompts
+            num_classes = len(class_prompts_of(trainer.datamodule) or [])
+        labels = balanced_labels(self.num_samples, num_classes) if num_classes else None  # (N,) by index
+        cond = conditions_for(pl_module, trainer.datamodule, labels)  # labels, or their class prompts
+        images, _ = generate_shard(pl_module, self.num_samples, self.batch_size, self.seed, self.sampler, cond,
                                    self.guidance_scale if labels is not None else None, shard.rank, shard.world)
         # (n, D), (n, K) float64 on the CPU, in batches of this rank's chunks (the batches of one process)
         features, logits = self.classifier.features(images, batch_size=self.batch_size)

@@ -12,6 +12,7 @@ from torchvision.utils import save_image
 from ddpm.errors import ConfigError
 from ddpm.plots.grid import image_grid
 from ddpm.training.callbacks.periodic import PeriodicDrawing, log_image
+from ddpm.training.prompts import check_prompts, class_prompts_of
 
 
 def with_progress(sampler):
@@ -36,16 +37,19 @@ class SampleGrid(PeriodicDrawing):
             from the same noise, to see whether training works before the EMA catches up.
         per_class: for a class-conditional model, the grid has one row per class of this many
             samples (instead of ``num_samples``), drawn with the run's guidance (``conf/guidance``).
+        prompts: for a text model, one row per prompt of ``per_class`` samples; None: the data's
+            class prompts (e.g. "a handwritten three" for class 3).
     """
 
     def __init__(self, every_n_steps: int = 1000, num_samples: int = 64, seed: int = 0, compare_raw: bool = False,
-                 per_class: int = 8):
+                 per_class: int = 8, prompts: list[str] | None = None):
         super().__init__(every_n_steps)
         if num_samples < 1:
             raise ConfigError(f"num_samples={num_samples!r} is not allowed: use 1 or more")
         if per_class < 1:
             raise ConfigError(f"per_class={per_class!r} is not allowed: use 1 or more")
         self.num_samples, self.per_class = num_samples, per_class
+        self.prompts = None if prompts is None else check_prompts(list(prompts))
         self.seed = seed
         self.compare_raw = compare_raw
         self.last_path: Path | None = None
@@ -55,9 +59,7 @@ class SampleGrid(PeriodicDrawing):
         bar = trainer.progress_bar_callback
         sampler = with_progress(pl_module.sampler) if getattr(bar, "is_enabled", False) else None
         grids = []
-        num_classes = getattr(pl_module, "num_classes", None)
-        # a conditional model: row k holds per_class samples of class k, at the configured guidance scale
-        labels = None if num_classes is None else torch.arange(num_classes).repeat_interleave(self.per_class)
+        labels = self.row_conditions(trainer, pl_module)
         n, nrow = (self.num_samples, None) if labels is None else (len(labels), self.per_class)
         for use_ema in (True, False) if self.compare_raw else (True,):
             generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
@@ -69,3 +71,15 @@ class SampleGrid(PeriodicDrawing):
         save_image(grid, out)
         self.last_path = out
         log_image(trainer, "samples/ema_vs_raw" if self.compare_raw else "samples/ema", grid, step)
+
+    def row_conditions(self, trainer: L.Trainer, pl_module):
+        """None (unconditional), or per row k, per_class copies of class k's label or of the k-th prompt,
+        drawn at the configured guidance scale."""
+        if getattr(pl_module, "text", None) is not None:
+            prompts = self.prompts or class_prompts_of(getattr(trainer, "datamodule", None))
+            if prompts is None:
+                raise ConfigError("callbacks.sample_grid.prompts=null and the data has no class prompts: give the "
+                                  "grid's prompts, e.g. callbacks.sample_grid.prompts=['a handwritten three']")
+            return [p for p in prompts for _ in range(self.per_class)]
+        num_classes = getattr(pl_module, "num_classes", None)
+        return None if num_classes is None else torch.arange(num_classes).repeat_interleave(self.per_class)

@@ -1,0 +1,166 @@
+"""Text prompts from the batch through training to sampling, with stand-in encoder and network: the
+empty prompt as the null condition of guidance, caption dropping at rate p_uncond, the jointly
+trained encoder in the optimizer and its EMA, sampling from prompts, and one line per bad input."""
+
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+from ddpm.diffusion import schedules
+from ddpm.diffusion.conditions import TextCondition, cat_conditions
+from ddpm.diffusion.denoiser import Denoiser
+from ddpm.diffusion.guidance import ClassifierFreeGuidance
+from ddpm.diffusion.losses import SimpleLoss
+from ddpm.diffusion.samplers import DDIMSampler
+from ddpm.errors import ConfigError
+from ddpm.nets.cross_attention import CrossAttention, pooled_context, split_condition
+from ddpm.nets.mlp import MLPDenoiser
+from ddpm.training.module import DiffusionModule
+
+D, L = 8, 6
+
+
+class CharEncoder(nn.Module):
+    """Stand-in text encoder: a learned vector per byte, a start token, padding to L; trainable."""
+
+    trainable, dim, max_length = True, D, L
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Embedding(257, D)  # 256 bytes + the start token
+
+    def forward(self, prompts):
+        ids = torch.zeros(len(prompts), L, dtype=torch.long)
+        mask = torch.zeros(len(prompts), L, dtype=torch.bool)
+        for i, p in enumerate(prompts):
+            tokens = [256, *p.encode()[: L - 1]]
+            ids[i, : len(tokens)], mask[i, : len(tokens)] = torch.tensor(tokens), True
+        device = self.table.weight.device
+        return self.table(ids.to(device)), mask.to(device)
+
+
+class TextNet(nn.Module):
+    """Stand-in text-conditional net on 2-D points: cross-attention of x's one token over the prompt."""
+
+    num_classes = None
+
+    def __init__(self):
+        super().__init__()
+        self.context_dim = D
+        self.inp, self.t = nn.Linear(2, 16), nn.Embedding(1000, 16)
+        self.cross, self.pool, self.out = CrossAttention(16, D, 2), nn.Linear(D, 16), nn.Linear(16, 2)
+        nn.init.normal_(self.cross.proj.weight, std=0.3)
+
+    def forward(self, x, t, cond):
+        _, text = split_condition(cond)
+        emb, mask = text
+        h = self.inp(x) + self.t(t) + self.pool(pooled_context(emb, mask))  # (B, 16)
+        h = h + self.cross(h[:, None], emb, mask)[:, 0]
+        return 0.9 * torch.tanh(self.out(torch.tanh(h)))  # (B, 2)
+
+
+def make_module(net=None, encoder="chars", p_uncond=0.1, denoiser=Denoiser, **kw):
+    torch.manual_seed(0)
+    return DiffusionModule(
+        net=net or TextNet(), schedule=schedules.linear(1000), denoiser=denoiser, loss=SimpleLoss(),
+        sampler=DDIMSampler(steps=5), optimizer=lambda params: torch.optim.Adam(params, lr=1e-3),
+        sample_shape=(2,), p_uncond=p_uncond, text_encoder=CharEncoder() if encoder == "chars" else encoder,
+        compile=None, channels_last=False, **kw)
+
+
+def test_guidance_with_prompts_follows_eps_u_plus_s_times_the_difference():
+    module = make_module()
+    denoiser = module.denoiser(use_ema=False).replace(clip_denoised=False)
+    null = module.text.encode([""], use_ema=False)
+    cond = module.text.encode(["three", "a seven", "x"], use_ema=False)
+    x, t = torch.randn(3, 2), torch.tensor([10, 500, 999])
+    with torch.no_grad():
+        eps_c = denoiser(x, t, cond).eps.double()  # two separate calls, combined in float64
+        eps_u = denoiser(x, t, null.expand(3)).eps.double()
+        for s in (0.0, 1.0, 2.5):
+            guided = ClassifierFreeGuidance(denoiser, None, scale=s, null_condition=null)(x, t, cond)
+            torch.testing.assert_close(guided.eps.double(), eps_u + s * (eps_c - eps_u), rtol=1e-5, atol=1e-5)
+        # no prompt at all: the unconditional model, i.e. the empty prompt
+        guided = ClassifierFreeGuidance(denoiser, None, scale=3.0, null_condition=null)
+        torch.testing.assert_close(guided(x, t, None).eps.double(), eps_u)
+
+
+def test_the_text_condition_ops_keep_each_sample_its_own_prompt():
+    a = TextCondition(torch.randn(2, L, D), torch.tensor([[1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]]).bool())
+    b = TextCondition(torch.randn(1, L, D), torch.tensor([[1, 1, 1, 0, 0, 0]]).bool())
+    both = cat_conditions(a, b.expand(2))
+    assert both.embeddings.shape == (4, L, D) and torch.equal(both.embeddings[3], b.embeddings[0])
+    mixed = a.where(torch.tensor([True, False]), b)
+    assert torch.equal(mixed.embeddings[0], a.embeddings[0]) and torch.equal(mixed.embeddings[1], b.embeddings[0])
+    assert torch.equal(mixed.mask, torch.tensor([[1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0]]).bool())
+
+
+@pytest.mark.parametrize("p_uncond", [0.0, 1.0])
+def test_captions_are_dropped_to_the_empty_prompt_at_rate_p_uncond(p_uncond):
+    module = make_module(p_uncond=p_uncond)
+    module._noise = torch.Generator().manual_seed(0)
+    captions = ["zero", "one", "two", "three"]
+    got = module.training_prompts((torch.randn(4, 2), captions))
+    want = module.text.encode([""] * 4 if p_uncond == 1.0 else captions, use_ema=False)
+    assert torch.equal(got.embeddings, want.embeddings) and torch.equal(got.mask, want.mask)
+
+
+def test_the_rate_of_dropped_captions_is_p_uncond():
+    module = make_module(p_uncond=0.3)
+    module._noise = torch.Generator().manual_seed(1)
+    null = module.text.encode([""], use_ema=False).embeddings[0]
+    n = 4000
+    got = module.training_prompts((torch.randn(n, 2), ["seven"] * n)).embeddings  # (n, L, D)
+    dropped = (got == null).all(-1).all(-1).double().mean().item()
+    assert abs(dropped - 0.3) < 4 * (0.3 * 0.7 / n) ** 0.5  # binomial: within 4 standard deviations
+
+
+def test_a_jointly_trained_encoder_is_optimized_averaged_and_checkpointed():
+    module = make_module()
+    optimizer = module.configure_optimizers()["optimizer"]
+    trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert all(id(p) in trained for p in module.text.encoder.parameters())
+    assert not any(id(p) in trained for p in module.text.ema.parameters())  # the EMA copy is not trained
+    loss = SimpleLoss()(module.denoiser(use_ema=False), torch.randn(8, 2), torch.Generator().manual_seed(0),
+                        module.text.training_condition(["a", "b", "c", "d", "e", "f", "g", "h"], None))[0].mean()
+    loss.backward()
+    assert module.text.encoder.table.weight.grad.abs().sum() > 0  # gradients reach the encoder
+    keys = module.state_dict().keys()
+    assert any(k.startswith("text.encoder.") for k in keys) and any(k.startswith("text.ema.") for k in keys)
+    with torch.no_grad():
+        module.text.encoder.table.weight.add_(1.0)
+    module.text.update_ema()  # the first update copies (AveragedModel), then it averages
+    assert torch.equal(module.text.ema.module.table.weight, module.text.encoder.table.weight)
+
+
+def test_sampling_from_prompts_is_seeded_and_each_prompt_steers_its_sample():
+    module = make_module(denoiser=functools.partial(Denoiser, prediction_type="x0"))  # x0 in (-1, 1): no saturation
+    run = lambda prompts: module.sample(len(prompts), generator=torch.Generator().manual_seed(0), cond=prompts,
+                                        guidance_scale=1.0)
+    a, b = run(["three", "three"]), run(["three", "seven"])
+    assert a.shape == (2, 2) and torch.equal(a[0], b[0]) and not torch.equal(a[1], b[1])
+    encoded = module.text.encode(["three", "seven"])
+    c = module.sample(2, generator=torch.Generator().manual_seed(0), cond=encoded, guidance_scale=1.0)
+    assert torch.equal(b, c)  # encoded prompts (TextCondition) give the same samples as their strings
+    assert module.guidance_scale == module.guided().scale  # a text model is guided by default
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: make_module(net=MLPDenoiser(hidden=8, num_classes=3), encoder=None).sample(
+        2, cond=["a handwritten three", "x"]), "prompts=['a handwritten three', 'x'] were given to a class-conditional"),
+    (lambda: make_module(net=MLPDenoiser(hidden=8), encoder=None).sample(1, cond="a three"),
+     "prompts='a three' were given to a unconditional model"),
+    (lambda: make_module().sample(2, cond=torch.tensor([1, 2])), "class labels were given to a text-conditional model"),
+    (lambda: make_module().sample(3, cond=["a", "b"]), "2 conditions (labels or prompts) for 3 samples"),
+    (lambda: make_module(net=MLPDenoiser(hidden=8)), "text_encoder= was given but the network has no cross-attention"),
+    (lambda: make_module(encoder=type("Wide", (CharEncoder,), {"dim": 16})()),
+     "the text encoder gives embeddings of width 16 but model.context_dim=8"),
+    (lambda: make_module().training_prompts((torch.randn(2, 2), torch.tensor([1, 2]))),
+     "needs captioned batches (images, captions)"),
+])
+def test_bad_prompt_input_is_one_line(call, message):
+    with pytest.raises(ConfigError) as err:
+        call()
+    assert message in str(err.value) and "\n" not in str(err.value)
