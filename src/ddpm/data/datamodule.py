@@ -10,6 +10,16 @@ import lightning as L
 import torch
 from torch.utils.data import Dataset
 
+from ddpm.data.captions import (
+    CaptionTemplates,
+    HostOrderDeviceBatches,
+    PrecomputedEmbeddings,
+    Relabelled,
+    SidecarCaptions,
+    TemplateCaptionBatches,
+    WithEmbeddings,
+    check_templates,
+)
 from ddpm.data.device_batches import DeviceBatches
 from ddpm.data.images import DataError, RandomHFlip, TensorImageDataset
 from ddpm.data.resumable_loader import LoaderBatches
@@ -17,7 +27,7 @@ from ddpm.errors import check_choice
 
 
 class ImageDataModule(L.LightningDataModule):
-    """Serves shuffled training batches of ``(images in [-1, 1], labels)``; no validation data.
+    """Serves shuffled training batches of ``(images in [-1, 1], labels)``, or of captions; no validation data.
 
     Args:
         dataset: builds the training dataset when called (a Hydra ``_partial_`` of a builder above).
@@ -40,6 +50,19 @@ class ImageDataModule(L.LightningDataModule):
             labels at setup. A folder labels images by sub-folder: null there is filled in with the
             number of sub-folders at setup, but a conditional model is built before that, so it
             needs ``data.num_classes=K`` set.
+        captions: text prompts instead of labels (:mod:`ddpm.data.captions`); see :attr:`text_mode`.
+            null: batches ``(images, labels (B,))``. ``templates``: ``(images, captions list[str])``
+            made from the labels with ``caption_templates`` and ``class_names`` (a folder's default
+            names: its sub-folders), drawn per (seed, rank, epoch, batch). ``sidecar`` (folders): the
+            same, each caption read from the ``.txt`` beside its image. ``embeddings``: ``(images,
+            [embeddings (B, L, D) float32, mask (B, L) bool])`` read from ``embeddings_path`` (an
+            ``.npz``, row i = dataset index i), with the empty prompt as :attr:`null_condition`.
+            ``sidecar`` and ``embeddings`` are served through a DataLoader (``on_device`` auto -> false).
+        caption_templates: format strings with ``{name}`` (class name), ``{index}`` (label) and
+            ``{strokes}`` ("thin strokes" / "thick strokes": ink at most / above the class median;
+            in-memory datasets only).
+        class_names: one name per label, for ``{name}``.
+        embeddings_path: the ``.npz`` of ``captions=embeddings``.
     """
 
     def __init__(
@@ -56,6 +79,10 @@ class ImageDataModule(L.LightningDataModule):
         max_device_bytes: int = 4 * 2**30,
         name: str | None = None,
         num_classes: int | None = None,
+        captions: str | None = None,
+        caption_templates: list[str] | None = None,
+        class_names: list[str] | None = None,
+        embeddings_path: str | None = None,
     ):
         super().__init__()
         self.on_device = check_choice("data.on_device", on_device, (True, False, "auto"))
@@ -69,6 +96,29 @@ class ImageDataModule(L.LightningDataModule):
         if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
             raise DataError(f"data.num_classes={num_classes!r} is not allowed: use null or a positive integer")
         self.num_classes = num_classes
+        self.captions = check_caption_options(captions, caption_templates, embeddings_path)
+        self.caption_templates = None if caption_templates is None else list(caption_templates)
+        self.class_names = None if class_names is None else list(class_names)
+        self.embeddings_path = embeddings_path
+        self.templates: CaptionTemplates | None = None  # set at setup for captions=templates
+        self.caption_labels: torch.Tensor | None = None  # (N,) each image's row of the templates' table
+        self.embeddings: PrecomputedEmbeddings | None = None  # set at setup for captions=embeddings
+
+    @property
+    def text_mode(self) -> str | None:
+        """What a batch's second entry is: None (labels), ``"captions"`` (list[str]: templates,
+        sidecar) or ``"embeddings"`` ([embeddings (B, L, D), mask (B, L)])."""
+        return {None: None, "embeddings": "embeddings"}.get(self.captions, "captions")
+
+    @property
+    def null_condition(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The empty prompt of ``captions=embeddings``, ``(embeddings (1, L, D) float32, mask (1, L) bool)``
+        (for classifier-free guidance's dropped prompts and for sampling); None otherwise."""
+        if self.captions != "embeddings":
+            return None
+        if self.embeddings is None:
+            self.setup("fit")
+        return self.embeddings.null
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -104,7 +154,25 @@ class ImageDataModule(L.LightningDataModule):
             raise DataError(too_few)
         self.num_classes = check_num_classes(dataset, self.num_classes)
         self.dataset = dataset
-        self.train_set = RandomHFlip(dataset) if self.hflip else dataset
+        train_set = self.captioned(dataset)
+        self.train_set = RandomHFlip(train_set) if self.hflip else train_set
+
+    def captioned(self, dataset: Dataset) -> Dataset:
+        """``dataset`` as the training set of ``captions``: as is (labels, templates), with sidecar
+        captions, or with precomputed embeddings; checks the caption options against it."""
+        if self.captions == "templates":
+            names = self.class_names or getattr(dataset, "classes", None)
+            if names is None:
+                raise DataError("data.captions=templates needs data.class_names, one name per label")
+            self.templates = CaptionTemplates(self.caption_templates, names)
+            self.caption_labels = self.templates.caption_labels(dataset)  # (N,) rows of its table
+            return Relabelled(dataset, self.caption_labels)
+        elif self.captions == "sidecar":
+            return SidecarCaptions(dataset)
+        elif self.captions == "embeddings":
+            self.embeddings = PrecomputedEmbeddings(self.embeddings_path, len(dataset))
+            return WithEmbeddings(dataset, self.embeddings)
+        return dataset
 
     def test_dataset(self) -> Dataset:
         """The dataset's test split (held-out images, e.g. for the likelihood); a DataError if it has none."""
@@ -113,6 +181,11 @@ class ImageDataModule(L.LightningDataModule):
     def serves_from_device(self) -> bool:
         """Whether :meth:`train_dataloader` gives :class:`DeviceBatches` (see ``on_device``)."""
         in_memory = isinstance(self.dataset, TensorImageDataset)
+        if self.captions in ("sidecar", "embeddings"):  # per-image strings / arrays: a DataLoader
+            if self.on_device is True:
+                raise DataError(f"data.on_device=true cannot serve data.captions={self.captions}: "
+                                "use data.on_device=auto")
+            return False
         if self.on_device is True and not in_memory:
             raise DataError(f"data.on_device=true needs an in-memory dataset, not {type(self.dataset).__name__}: "
                             "use data.on_device=false (a DataLoader) for image folders")
@@ -130,9 +203,32 @@ class ImageDataModule(L.LightningDataModule):
                  "epoch": (lambda: trainer.current_epoch) if trainer else None}
         if self.serves_from_device():
             device = trainer.strategy.root_device if trainer else "cpu"
-            return DeviceBatches(self.dataset, self.batch_size, hflip=self.hflip, device=device, **where)
-        return LoaderBatches(self.train_set, self.batch_size, hflip=self.hflip, num_workers=self.num_workers,
-                             pin_memory=torch.cuda.is_available(), **where)
+            if self.templates is None:
+                batches = DeviceBatches(self.dataset, self.batch_size, hflip=self.hflip, device=device, **where)
+            else:  # captions are made on the host from host caption labels
+                batches = HostOrderDeviceBatches(self.dataset, self.batch_size, hflip=self.hflip, device=device,
+                                                 labels=self.caption_labels, **where)
+        else:
+            batches = LoaderBatches(self.train_set, self.batch_size, hflip=self.hflip, num_workers=self.num_workers,
+                                    pin_memory=torch.cuda.is_available(), **where)
+        if self.templates is not None:  # (images, labels) -> (images, captions)
+            return TemplateCaptionBatches(batches, self.templates, seed=where["seed"], rank=where["rank"])
+        return batches
+
+
+CAPTION_SOURCES = (None, "templates", "sidecar", "embeddings")
+
+
+def check_caption_options(captions: str | None, templates, embeddings_path: str | None) -> str | None:
+    """``captions`` if it is a known source and has what it needs, else a DataError (one line)."""
+    if captions not in CAPTION_SOURCES:
+        raise DataError(f"data.captions={captions!r} is not allowed: use null, templates, sidecar or embeddings")
+    if captions == "templates":
+        check_templates(templates)
+    if captions == "embeddings" and not embeddings_path:
+        raise DataError("data.captions=embeddings needs data.embeddings_path=FILE.npz "
+                        "(write one with ddpm.data.captions.write_embeddings)")
+    return captions
 
 
 def check_num_classes(dataset: Dataset, num_classes: int | None) -> int | None:

@@ -184,8 +184,9 @@ class DiffusionModule(L.LightningModule):
             raise ConfigError(f"guidance_scale={guidance_scale!r} needs a class-conditional or text model; this one is "
                               "unconditional (model.num_classes=null): leave guidance_scale unset")
         labels = sampling_condition(cond, self.text, self.num_classes, self.device, use_ema)
-        if labels is not None and len(labels) != num_samples:
-            raise ConfigError(f"{len(labels)} conditions (labels or prompts) for {num_samples} samples: give one per sample")
+        count = labels.batch_size if isinstance(labels, TextCondition) else None if labels is None else len(labels)
+        if labels is not None and count != num_samples:
+            raise ConfigError(f"{count} conditions (labels or prompts) for {num_samples} samples: give one per sample")
         denoiser = self.denoiser(use_ema) if labels is None else self.guided(use_ema, guidance_scale)
         if labels is None and self.text is not None:
             denoiser = self.guided(use_ema, 0.0)  # the unconditional model: the empty prompt
@@ -223,7 +224,7 @@ class DiffusionModule(L.LightningModule):
         self._noise = torch.Generator(device=self.device)
         self._run_seed = torch.initial_seed()  # the run's seed, before _seed_noise reseeds the global generators
         self._seed_noise(global_generators=False)  # the data loaders are made after this with the run's seed
-        null = getattr(getattr(self.trainer, "datamodule", None), "null_condition", None)
+        null = getattr(getattr(self._trainer, "datamodule", None), "null_condition", None)
         if self.text is not None and null is not None:
             self.text.set_null(null)  # precomputed embeddings: the data's empty prompt
         self._noise_step = -1  # the first training step seeds all again, once Lightning has restored global_step
