@@ -129,3 +129,158 @@ def test_runs_under_bf16_autocast(tiny: UNet) -> None:
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = tiny(x, t)
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+# --- text conditioning: cross-attention to a prompt (context_dim) ------------------------------------
+
+from ddpm.nets.unet import CrossAttnBlock  # noqa: E402
+
+CTX = 16  # context_dim of the text nets below
+
+
+def text_unet(seed: int = 0, **overrides) -> UNet:
+    torch.manual_seed(seed)
+    return build("unet_tiny", context_dim=CTX, **overrides)
+
+
+def prompt(lengths=(2, 5), L: int = 6, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random prompt embeddings (B, L, CTX) and a mask (B, L) with ``lengths`` real tokens."""
+    emb = torch.randn(len(lengths), L, CTX, generator=torch.Generator().manual_seed(seed))
+    return emb, torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]
+
+
+def without_cross_attention_zeroed(model: UNet) -> UNet:
+    """``randomised`` for every zero-initialised layer except the cross-attention output projections."""
+    randomised(model)
+    with torch.no_grad():
+        for block in model.modules():
+            if isinstance(block, CrossAttnBlock):
+                block.attn.proj.weight.zero_()
+                block.attn.proj.bias.zero_()
+    return model
+
+
+def test_text_unet_adds_cross_attention_last_keeping_the_unconditional_weights() -> None:
+    torch.manual_seed(0)
+    plain = build("unet_tiny").state_dict()
+    model = text_unet(0)
+    text = model.state_dict()
+    assert all(torch.equal(text[k], v) for k, v in plain.items())  # same names, same initial weights
+    added = set(text) - set(plain)
+    assert all(k.startswith("context_proj.") or ".cross." in k for k in added)
+    attn = [m for m in model.modules() if isinstance(m, AttnBlock)]
+    assert len(attn) == 4 and all(isinstance(a.cross, CrossAttnBlock) for a in attn)  # down, middle, 2 x up at 4x4
+    emb_ch = 4 * model.base_channels
+    expected = emb_ch * CTX + emb_ch  # context_proj
+    for a in attn:  # GroupNorm + q + kv + proj, from the layer shapes
+        C = a.qkv.in_channels
+        expected += 2 * C + (C * C + C) + (CTX * 2 * C + 2 * C) + (C * C + C)
+    assert sum(text[k].numel() for k in added) == expected
+    assert model.context_dim == CTX and model.num_classes is None
+
+
+def test_text_unet_output_shape_and_a_shared_batch_one_prompt() -> None:
+    model = without_cross_attention_zeroed(text_unet()).eval()
+    randomised(model, seed=3)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 700])
+    emb, mask = prompt(lengths=(3, 3))
+    with torch.no_grad():
+        out = model(x, t, (emb[:1], mask[:1]))
+        assert out.shape == x.shape
+        torch.testing.assert_close(out, model(x, t, (emb[:1].expand(2, -1, -1), mask[:1].expand(2, -1))))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.isfinite(model(x, t, (emb, mask))).all()
+
+
+def test_cross_attention_starts_as_the_identity() -> None:
+    model = without_cross_attention_zeroed(text_unet()).eval()
+    x, t, (emb, mask) = torch.randn(2, 1, 8, 8), torch.tensor([5, 500]), prompt()
+    with torch.no_grad():
+        out = model(x, t, (emb, mask))
+        crosses = {a: a.cross for a in model.modules() if isinstance(a, AttnBlock)}
+        for a in crosses:
+            a.cross = None  # bypass the cross-attention; the pooled prompt still reaches the ResBlocks
+        bypassed = model(x, t, (emb, mask))
+        for a, cross in crosses.items():
+            a.cross = cross
+        torch.testing.assert_close(out, bypassed, atol=0, rtol=0)
+        randomised(model, seed=5)  # now the cross-attention output projections are non-zero too
+        assert not torch.allclose(model(x, t, (emb, mask)), out, atol=1e-4)
+
+
+def test_the_pooled_prompt_is_the_mean_of_the_real_tokens_added_from_the_start() -> None:
+    model = text_unet()  # as initialised: context_proj is not zero, so the prompt acts from step one
+    seen = []
+    model.context_proj.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+    emb, mask = prompt(lengths=(2, 5))
+    model(torch.randn(2, 1, 8, 8), torch.tensor([1, 2]), (emb, mask))
+    e = emb.double()
+    expected = torch.stack([e[0, :2].mean(0), e[1, :5].mean(0)])  # (B, CTX)
+    torch.testing.assert_close(seen[0].double(), expected, atol=1e-6, rtol=1e-6)
+    assert model.context_proj.weight.abs().sum() > 0
+
+
+def test_masked_padding_does_not_change_the_output() -> None:
+    model = randomised(text_unet()).eval()
+    x, t, (emb, mask) = torch.randn(2, 1, 8, 8), torch.tensor([5, 500]), prompt()
+    with torch.no_grad():
+        out = model(x, t, (emb, mask))
+        noisy = torch.where(mask[..., None], emb, 100 * torch.randn_like(emb))  # other values in the padding
+        torch.testing.assert_close(model(x, t, (noisy, mask)), out, atol=1e-5, rtol=1e-5)
+        longer = torch.cat([emb, torch.randn(2, 3, CTX)], 1), torch.cat([mask, torch.zeros(2, 3, dtype=torch.bool)], 1)
+        torch.testing.assert_close(model(x, t, longer), out, atol=1e-5, rtol=1e-5)  # more padding
+        assert not torch.allclose(model(x, t, (emb.flip(0), mask.flip(0))), out, atol=1e-4)  # the prompt matters
+
+
+def test_gradients_reach_the_real_tokens_of_the_context() -> None:
+    model = randomised(text_unet())
+    emb, mask = prompt()
+    emb.requires_grad_(True)
+    model(torch.randn(2, 1, 8, 8), torch.tensor([5, 500]), (emb, mask)).square().sum().backward()
+    assert emb.grad[mask].abs().sum(-1).gt(0).all() and not emb.grad[~mask].any()
+
+
+def test_cross_attention_block_matches_a_float64_formula() -> None:
+    torch.manual_seed(0)
+    block = randomised(CrossAttnBlock(64, CTX))  # 2 heads of width 32
+    x = torch.randn(2, 64, 3, 3)
+    emb, mask = prompt(lengths=(1, 4))
+    p = {k: v.double() for k, v in block.state_dict().items()}
+    xd, ed = x.double(), emb.double()
+    g = xd.reshape(2, 32, -1)  # GroupNorm(32): statistics per sample and group of 2 channels
+    g = ((g - g.mean(-1, keepdim=True)) / torch.sqrt(g.var(-1, unbiased=False, keepdim=True) + 1e-6)).reshape(2, 64, 9)
+    tokens = (g * p["norm.weight"][:, None] + p["norm.bias"][:, None]).transpose(1, 2)  # (B, HW, C)
+    q = (tokens @ p["attn.q.weight"].T + p["attn.q.bias"]).reshape(2, 9, 2, 32).transpose(1, 2)  # (B, h, HW, 32)
+    k, v = (ed @ p["attn.kv.weight"].T + p["attn.kv.bias"]).reshape(2, 6, 2, 2, 32).permute(2, 0, 3, 1, 4)
+    scores = (q @ k.transpose(-1, -2) / 32**0.5).masked_fill(~mask[:, None, None, :], float("-inf"))
+    att = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 9, 64) @ p["attn.proj.weight"].T + p["attn.proj.bias"]
+    expected = xd + att.transpose(1, 2).reshape(2, 64, 3, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x, emb, mask).double(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("net", "cond", "words"),
+    [
+        ("plain", "text", "model.context_dim=null"),
+        ("text", "labels", "was given class labels"),
+        ("text", None, "was given cond=None"),
+        ("text", "narrow", "use embeddings (2, L, 16)"),
+    ],
+)
+def test_a_wrong_condition_is_one_line(net: str, cond, words: str) -> None:
+    model = text_unet() if net == "text" else build("unet_tiny")
+    emb, mask = prompt()
+    cond = {"text": (emb, mask), "labels": torch.tensor([1, 2]), "narrow": (emb[..., :3], mask), None: None}[cond]
+    with pytest.raises(ConfigError, match=r"^[^\n]+$") as err:
+        model(torch.randn(2, 1, 8, 8), torch.tensor([1, 2]), cond)
+    assert words in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"), [({"context_dim": 0}, "context_dim=0"), ({"num_classes": 10}, "num_classes=10")]
+)
+def test_bad_context_dim_is_one_line(overrides: dict, named: str) -> None:
+    with pytest.raises(ConfigError, match=r"^[^\n]+$") as err:
+        text_unet(**overrides) if "num_classes" in overrides else build("unet_tiny", **overrides)
+    assert named in str(err.value)

@@ -8,6 +8,12 @@ at the chosen resolutions and skip connections from every encoder block.
 As in the original, the last layer of every residual branch (second conv of each
 ResBlock, attention output projection) and the output conv are zero-initialised,
 so each block starts as the identity and the untrained network outputs zeros.
+
+Text conditioning (``context_dim``): as in Stable Diffusion (Rombach et al. 2022, "High-Resolution
+Image Synthesis with Latent Diffusion Models", Sec. 3.3), every self-attention block (the attention
+resolutions and the middle) is followed by cross-attention from the image tokens to the prompt's
+tokens, and, as in Imagen (Saharia et al. 2022, Sec. 3.2), the prompt's pooled embedding is added
+to the timestep embedding.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddpm.errors import ConfigError
+from ddpm.nets.cross_attention import CrossAttention, pooled_context, split_condition
 from ddpm.nets.embeddings import ClassEmbedding, timestep_embedding
 
 GROUPS = 32
@@ -52,22 +59,44 @@ class ResBlock(nn.Module):
         return self.skip(x) + self.out_layers(h)  # (B, out_ch, H, W)
 
 
+class CrossAttnBlock(nn.Module):
+    """x + CrossAttention(GroupNorm(x) as HW tokens, prompt tokens): heads of width 32 (C / 32 heads).
+
+    The output projection is zero-initialised, so the block starts as the identity."""
+
+    def __init__(self, channels: int, context_dim: int) -> None:
+        super().__init__()
+        self.norm = norm(channels)
+        self.attn = CrossAttention(channels, context_dim, channels // GROUPS)
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        h = self.norm(x).reshape(B, C, H * W).transpose(1, 2)  # (B, HW, C)
+        h = self.attn(h, context, mask)  # (B, HW, C); context (B, L, Dc), mask (B, L)
+        return x + h.transpose(1, 2).reshape(B, C, H, W)  # (B, C, H, W)
+
+
 class AttnBlock(nn.Module):
-    """Single-head spatial self-attention with a residual connection."""
+    """Single-head spatial self-attention with a residual connection; in a text net (``cross`` set by
+    the U-Net) followed by cross-attention to the prompt."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.norm = norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = zero_init(nn.Conv2d(channels, channels, 1))
+        self.cross: CrossAttnBlock | None = None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, context: tuple[Tensor, Tensor] | None = None) -> Tensor:
         B, C, H, W = x.shape
         qkv = self.qkv(self.norm(x)).reshape(B, 3, C, H * W)  # (B, 3, C, HW)
         q, k, v = qkv.transpose(2, 3).unsqueeze(2).unbind(1)  # each (B, 1, HW, C)
         h = F.scaled_dot_product_attention(q, k, v)  # (B, 1, HW, C), softmax(q k^T / sqrt(C)) v
         h = h.squeeze(1).transpose(1, 2).reshape(B, C, H, W)  # (B, C, H, W)
-        return x + self.proj(h)
+        x = x + self.proj(h)
+        if self.cross is not None and context is not None:
+            x = self.cross(x, *context)  # (B, C, H, W)
+        return x
 
 
 class Downsample(nn.Module):
@@ -93,11 +122,18 @@ class Upsample(nn.Module):
 
 
 class EmbedSequential(nn.Sequential):
-    """Sequential that hands the timestep embedding to the ResBlocks it contains."""
+    """Sequential that hands the timestep embedding to its ResBlocks and the prompt to its AttnBlocks."""
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        self, x: Tensor, emb: Tensor, context: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         for layer in self:
-            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, AttnBlock):
+                x = layer(x, context)
+            else:
+                x = layer(x)
         return x
 
 
@@ -116,6 +152,13 @@ class UNet(nn.Module):
             class-conditional net with ``class_embed``, a learned (K + 1, 4 * base_channels) table
             whose row K is the null class; the label's row is added to the timestep embedding
             (as in Dhariwal & Nichol 2021 and the classifier-free guidance of Ho & Salimans 2022).
+        context_dim: None: no text. Dc (the text encoder's ``dim``): a text-conditional net whose
+            ``cond`` is a prompt (embeddings (B, L, Dc), mask (B, L) bool): every self-attention block
+            is followed by a ``CrossAttnBlock`` (zero-initialised output: the identity at init), and
+            ``context_proj``, Linear(Dc, 4 * base_channels) of the mean of the real tokens, is added to
+            the timestep embedding. Excludes ``num_classes``; the null condition is the encoded empty
+            prompt. These layers are drawn after all others, so the other weights equal the
+            unconditional net's of the same seed.
     """
 
     def __init__(
@@ -128,6 +171,7 @@ class UNet(nn.Module):
         attn_resolutions: Sequence[int] = (16,),
         dropout: float = 0.1,
         num_classes: int | None = None,
+        context_dim: int | None = None,
     ) -> None:
         super().__init__()
         channel_mult, attn_resolutions = tuple(channel_mult), tuple(attn_resolutions)
@@ -175,28 +219,74 @@ class UNet(nn.Module):
         self.num_classes = ClassEmbedding.check(num_classes)
         if num_classes is not None:
             self.class_embed = ClassEmbedding(num_classes, emb_ch)
+        self.context_dim = _check_context(context_dim, num_classes)
+        if context_dim is not None:
+            for block in self.modules():
+                if isinstance(block, AttnBlock):  # encoder, middle, decoder order
+                    block.cross = CrossAttnBlock(block.qkv.in_channels, context_dim)
+            self.context_proj = nn.Linear(context_dim, emb_ch)  # pooled prompt -> timestep embedding
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, cond=None) -> Tensor:
         """Predict from x (B, C, H, W) at timesteps t (B,) (integer or float) a tensor (B, C, H, W).
 
         ``cond``: class labels (B,) in [0, num_classes] (num_classes = the null class) of a
-        conditional net; None: the null class. An unconditional net takes no ``cond``.
+        class-conditional net, None: the null class; a text net's prompt (embeddings (B or 1, L,
+        context_dim), mask (B or 1, L) bool), the null condition being the encoded empty prompt.
+        An unconditional net takes no ``cond``.
         """
         t = t.expand(x.shape[0])  # (B,), also accepts a scalar timestep
         emb = self.time_embed(timestep_embedding(t, self.base_channels))  # (B, 4 * base)
-        if self.num_classes is not None:
-            emb = emb + self.class_embed(cond, x.shape[0], x.device)  # (B, 4 * base)
-        elif cond is not None:
+        labels, context = split_condition(cond)
+        if self.context_dim is not None:
+            context = self._check_text(context, labels, x.shape[0])  # (B, L, Dc), (B, L)
+            emb = emb + self.context_proj(pooled_context(*context).to(emb.dtype))  # (B, 4 * base)
+        elif context is not None:
+            raise ConfigError(NO_TEXT)
+        elif self.num_classes is not None:
+            emb = emb + self.class_embed(labels, x.shape[0], x.device)  # (B, 4 * base)
+        elif labels is not None:
             raise ConfigError(ClassEmbedding.UNCONDITIONAL)
         skips = []
         h = x
         for block in self.down:
-            h = block(h, emb)  # (B, C_l, H_l, W_l)
+            h = block(h, emb, context)  # (B, C_l, H_l, W_l)
             skips.append(h)
-        h = self.middle(h, emb)  # (B, C_last, H_last, W_last)
+        h = self.middle(h, emb, context)  # (B, C_last, H_last, W_last)
         for block in self.up:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb)  # (B, C_l, H_l, W_l)
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context)  # (B, C_l, H_l, W_l)
         return self.out(h)  # (B, C, H, W)
+
+    def _check_text(
+        self, context: tuple[Tensor, Tensor] | None, labels: Tensor | None, batch: int
+    ) -> tuple[Tensor, Tensor]:
+        """A text net's prompt as (embeddings (B, L, Dc), mask (B, L)); a batch-1 prompt is shared by all."""
+        if context is None:
+            given = "class labels" if labels is not None else "cond=None"
+            raise ConfigError(TEXT_NEEDED.format(self.context_dim, given))
+        emb, mask = context
+        if emb.ndim != 3 or emb.shape[-1] != self.context_dim or mask.shape != emb.shape[:2] \
+                or emb.shape[0] not in (1, batch):
+            raise ConfigError(f"text condition of shapes {tuple(emb.shape)} and mask {tuple(mask.shape)} is not "
+                              f"allowed: use embeddings ({batch}, L, {self.context_dim}) and a mask ({batch}, L)")
+        return emb.expand(batch, -1, -1), mask.expand(batch, -1)
+
+
+TEXT_NEEDED = ("a text-conditional network (model.context_dim={}) was given {}: pass (embeddings, mask) of a prompt "
+               "(the encoded empty prompt for the null condition)")
+NO_TEXT = ("a text condition (embeddings, mask) was given to a network without cross-attention "
+           "(model.context_dim=null): set model.context_dim to the text encoder's dim")
+
+
+def _check_context(context_dim, num_classes) -> int | None:
+    """``context_dim`` if allowed: None or a positive integer, and not beside ``num_classes``."""
+    if context_dim is None:
+        return None
+    if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 1:
+        raise ConfigError(f"model.context_dim={context_dim!r} is not allowed: use null (no text) or a positive integer")
+    if num_classes is not None:
+        raise ConfigError(f"model.context_dim={context_dim} and model.num_classes={num_classes} are both set: "
+                          "a U-Net conditions on class labels or on text, set one of them to null")
+    return context_dim
 
 
 def _validate(
