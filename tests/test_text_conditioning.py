@@ -3,6 +3,7 @@ empty prompt as the null condition of guidance, caption dropping at rate p_uncon
 trained encoder in the optimizer and its EMA, sampling from prompts, and one line per bad input."""
 
 import functools
+import re
 
 import pytest
 import torch
@@ -164,3 +165,24 @@ def test_bad_prompt_input_is_one_line(call, message):
     with pytest.raises(ConfigError) as err:
         call()
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_evaluate_samples_prompts_or_class_prompts_of_a_text_model():
+    from omegaconf import OmegaConf
+
+    from ddpm.runs.evaluate import sample_labels
+
+    module = make_module()
+    data = OmegaConf.create({"class_names": ["zero", "one", "two"], "caption_templates": ["a handwritten {name}", "x"]})
+    cfg = lambda **kw: OmegaConf.create({"num_samples": 5, "seed": 0, **kw})
+    cond, labels, scale, tag = sample_labels(cfg(prompts=["a three", "a one"], prompt_labels=[3, 1]), module, data)
+    assert cond == ["a three", "a one", "a three", "a one", "a three"] and labels.tolist() == [3, 1, 3, 1, 3]
+    assert scale == module.guidance_scale and "_prompts-a-three-a-one" in tag
+    cond, labels, _, _ = sample_labels(cfg(), module, data)  # balanced class labels as class prompts
+    assert labels.tolist() == [0, 1, 2, 0, 1] and cond[:3] == ["a handwritten zero", "a handwritten one", "a handwritten two"]
+    for options, message in [({"prompts": ["a"], "class_labels": [1]}, "class_labels=[1] and prompts= were both given"),
+                             ({"prompts": ["a"], "prompt_labels": [1, 2]}, "give one class label per prompt (1)")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            sample_labels(cfg(**options), module, data)
+    with pytest.raises(ConfigError, match=re.escape("prompts=['a three'] were given to a class-conditional")):
+        sample_labels(cfg(prompts=["a three"]), make_module(net=MLPDenoiser(hidden=8, num_classes=3), encoder=None), data)

@@ -140,8 +140,11 @@ def class_prompts_of(datamodule) -> list[str] | None:
 def conditions_for(pl_module, datamodule, labels: Tensor | None, prompts: Sequence[str] | None = None):
     """What ``pl_module.sample`` takes for samples of class ``labels`` (N,): the labels themselves, or for a
     text model the class prompts (``prompts[k]``, default ``class_prompts_of(datamodule)``) of each label."""
-    if labels is None or getattr(pl_module, "text", None) is None:
+    text = getattr(pl_module, "text", None)
+    if labels is None or text is None:
         return labels
+    if text.encoder is None:  # trained on precomputed embeddings: no prompts to encode, the empty prompt's samples
+        return None
     table = list(prompts) if prompts is not None else class_prompts_of(datamodule)
     if table is None:
         raise ConfigError("sampling a text model per class needs the data's class names and caption templates "

@@ -73,6 +73,7 @@ class ClassifierMetricsCallback(EveryNSteps):
             num_classes = len(class_prompts_of(trainer.datamodule) or [])
         labels = balanced_labels(self.num_samples, num_classes) if num_classes else None  # (N,) by index
         cond = conditions_for(pl_module, trainer.datamodule, labels)  # labels, or their class prompts
+        labels = None if cond is None else labels  # no prompts to give (precomputed embeddings): no accuracy
         images, _ = generate_shard(pl_module, self.num_samples, self.batch_size, self.seed, self.sampler, cond,
                                    self.guidance_scale if labels is not None else None, shard.rank, shard.world)
         # (n, D), (n, K) float64 on the CPU, in batches of this rank's chunks (the batches of one process)

@@ -76,6 +76,8 @@ class SampleGrid(PeriodicDrawing):
         """None (unconditional), or per row k, per_class copies of class k's label or of the k-th prompt,
         drawn at the configured guidance scale."""
         if getattr(pl_module, "text", None) is not None:
+            if pl_module.text.encoder is None:  # precomputed embeddings only: the empty prompt's samples
+                return None
             prompts = self.prompts or class_prompts_of(getattr(trainer, "datamodule", None))
             if prompts is None:
                 raise ConfigError("callbacks.sample_grid.prompts=null and the data has no class prompts: give the "
