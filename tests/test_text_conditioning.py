@@ -158,6 +158,9 @@ def test_sampling_from_prompts_is_seeded_and_each_prompt_steers_its_sample():
     (lambda: make_module(net=MLPDenoiser(hidden=8)), "text_encoder= was given but the network has no cross-attention"),
     (lambda: make_module(encoder=type("Wide", (CharEncoder,), {"dim": 16})()),
      "the text encoder gives embeddings of width 16 but model.context_dim=8"),
+    (lambda: make_module(encoder=None).training_prompts((torch.randn(2, 2), [torch.randn(2, L, 5), torch.ones(2, L)])),
+     "the precomputed embeddings have width 5 but model.context_dim=8: set model.context_dim=5"),
+    (lambda: make_module(encoder=None).sample(1, cond=["a three"]), "pass prompts encoded by the same encoder"),
     (lambda: make_module().training_prompts((torch.randn(2, 2), torch.tensor([1, 2]))),
      "needs captioned batches (images, captions)"),
 ])

@@ -133,7 +133,7 @@ class DiffusionModule(L.LightningModule):
         if dim != self.context_dim:
             raise ConfigError(f"the text encoder gives embeddings of width {dim} but model.context_dim={self.context_dim}: "
                               "they must match (leave model.context_dim unset to take the encoder's)")
-        return PromptConditioning(encoder, ema_decay, ema_warmup)
+        return PromptConditioning(encoder, ema_decay, ema_warmup, self.context_dim)
 
     @property
     def conditional(self) -> bool:

@@ -32,9 +32,10 @@ from ddpm.training.ema import make_ema
 class PromptConditioning(nn.Module):
     """Holds the text encoder of a text-conditional model (see the module docstring)."""
 
-    def __init__(self, encoder: nn.Module | None, ema_decay: float, ema_warmup: bool = True):
+    def __init__(self, encoder: nn.Module | None, ema_decay: float, ema_warmup: bool = True,
+                 context_dim: int | None = None):
         super().__init__()
-        self.encoder = encoder
+        self.encoder, self.context_dim = encoder, context_dim
         self.trainable = bool(getattr(encoder, "trainable", False))
         self.ema = make_ema(encoder, ema_decay, ema_warmup) if self.trainable else None
         self._null: TextCondition | None = None  # the empty prompt of precomputed embeddings (no encoder)
@@ -49,7 +50,8 @@ class PromptConditioning(nn.Module):
     def _encoder(self, use_ema: bool) -> nn.Module:
         if self.encoder is None:
             raise ConfigError("prompts need a text encoder, but this model was trained on precomputed embeddings "
-                              "without one: give text_encoder=clip (the encoder that made the embeddings) or encoded prompts")
+                              "without one: pass prompts encoded by the same encoder (a TextCondition), or train with "
+                              "text_encoder=clip text_encoder.weights=... so that prompts can be encoded here")
         return self.ema.module if (use_ema and self.ema is not None) else self.encoder
 
     def encode(self, prompts: Sequence[str], use_ema: bool = True) -> TextCondition:
@@ -77,6 +79,9 @@ class PromptConditioning(nn.Module):
         raw encoder (gradients flow into a trainable one); where ``drop`` (B,) is True, the empty prompt."""
         pre = as_text_condition(captions)
         if pre is not None:
+            if self.context_dim is not None and pre.embeddings.shape[-1] != self.context_dim:
+                raise ConfigError(f"the precomputed embeddings have width {pre.embeddings.shape[-1]} but model.context_dim="
+                                  f"{self.context_dim}: set model.context_dim={pre.embeddings.shape[-1]}")
             cond, device = TextCondition(pre.embeddings.float(), pre.mask.bool()), pre.embeddings.device
             null = self._null.to(device) if self._null is not None else (
                 self.null(use_ema=False) if self.encoder is not None else None)
