@@ -68,8 +68,8 @@ def main() -> None:
     args = parser.parse_args()
 
     run_dir, _, module = load_run(args.ckpt_path)  # a bad path fails here, once
-    if module.num_classes is None:
-        raise ConfigError(f"{args.ckpt_path} is an unconditional model: a guidance sweep needs a class-conditional run")
+    if not module.conditional:
+        raise ConfigError(f"{args.ckpt_path} is an unconditional model: a guidance sweep needs a class-conditional or text run")
     with_fid = fid_available() if args.fid is None else args.fid
     metrics = "[fd,accuracy,fid]" if with_fid else "[fd,accuracy]"
     rows = []
