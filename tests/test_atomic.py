@@ -157,9 +157,11 @@ def test_train_resumes_from_the_previous_checkpoint_when_last_is_truncated(tmp_p
     from ddpm.runs.train import train
 
     first = tmp_path / "first"  # trained in this process: only the resume's message needs the real command
-    train(compose_train(*TINY, "trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=2",
+    train(compose_train(*TINY, "trainer.max_steps=5", "callbacks.checkpoint.every_n_train_steps=2",
                         "callbacks.sample_grid=null", tmp_path=first))
     last = first / "checkpoints" / "last.ckpt"
+    # max_steps not a multiple of every_n_train_steps: last.ckpt still holds the final step
+    assert torch.load(last, weights_only=True)["global_step"] == 5
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a save cut short
     resumed = tmp_path / "resumed"
     proc = run_train(resumed, f"ckpt_path={last}", "trainer.max_steps=6", "callbacks.sample_grid=null")

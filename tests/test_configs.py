@@ -83,6 +83,7 @@ def test_default_callbacks_are_one_file_each_in_order(tmp_path):
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     from ddpm.runs.train import build_trainer
+    from ddpm.training.callbacks.checkpoint import StepCheckpoint
     from ddpm.training.callbacks.progress import StepProgressBar
     from ddpm.training.callbacks.sample_grid import SampleGrid
     from ddpm.training.callbacks.throughput import Throughput
@@ -93,10 +94,10 @@ def test_default_callbacks_are_one_file_each_in_order(tmp_path):
         assert cfg.callbacks[key] == OmegaConf.load(CONF / "callbacks" / f"{key}.yaml")[key]
     cfg = compose_train("callbacks.checkpoint.every_n_train_steps=3", "callbacks.progress_bar.refresh_rate=0",
                         "trainer.accelerator=cpu", tmp_path=tmp_path)
-    classes = [SampleGrid, ModelCheckpoint, LearningRateMonitor, Throughput, StepProgressBar]
+    classes = [SampleGrid, StepCheckpoint, LearningRateMonitor, Throughput, StepProgressBar]
     built = {type(c): c for c in build_trainer(cfg).callbacks}  # Lightning moves checkpointing last
-    assert set(classes) <= set(built)
-    assert built[ModelCheckpoint].dirpath == str(tmp_path / "checkpoints") and built[ModelCheckpoint]._every_n_train_steps == 3
+    assert set(classes) <= set(built) and issubclass(StepCheckpoint, ModelCheckpoint)
+    assert built[StepCheckpoint].dirpath == str(tmp_path / "checkpoints") and built[StepCheckpoint]._every_n_train_steps == 3
     assert built[Throughput].every_n_steps == built[Throughput].skip_steps == cfg.trainer.log_every_n_steps == 50
     assert built[StepProgressBar].refresh_rate == 0 and not built[StepProgressBar].is_enabled
 
@@ -142,10 +143,13 @@ def test_experiment_composes_and_builds_its_module(name, tmp_path):
 
 
 def experiment_overrides(defaults: list) -> dict[str, str]:
-    """An experiment's defaults list as command-line overrides: ``override /data: mnist`` -> {"data": "mnist"}."""
+    """An experiment's defaults list as command-line overrides: ``override /data: mnist`` -> {"data": "mnist"};
+    another experiment it builds on (``- mnist_cfg``) -> {"experiment": "mnist_cfg"}."""
     out = {}
     for entry in defaults:
-        if entry != "_self_":
+        if isinstance(entry, str) and entry != "_self_":
+            out["experiment"] = entry
+        elif entry != "_self_":
             ((key, value),) = entry.items()
             group = key.removeprefix("override ").lstrip("/")
             out[group if key.startswith("override ") else f"+{group}"] = value

@@ -65,7 +65,8 @@ def test_a_run_on_precomputed_embeddings_needs_no_encoder(tmp_path):
     captions = [f"a handwritten {names[int(y)]}" for _, y in digits()]
     write_embeddings(tmp_path / "emb.npz", ByteEncoder(), captions)
     run = tmp_path / "run"
-    run_train(run, "data.captions=embeddings", f"data.embeddings_path={tmp_path / 'emb.npz'}", "model.context_dim=12",
+    run_train(run, "model=dit_tiny", "data.captions=embeddings", f"data.embeddings_path={tmp_path / 'emb.npz'}",
+              "model.context_dim=12",
               "trainer.max_steps=2", "callbacks.sample_grid.num_samples=2")
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     null = ByteEncoder()([""])

@@ -13,7 +13,8 @@ Same layout as the authors' code (facebookresearch/DiT, ``models.py``), without 
   unpatchify: the untrained network outputs zeros.
 
 Its output has the input's shape (eps, x0 or v prediction); the paper's learned variance (2C output
-channels) is not built here.
+channels) is not built here. Options, all off by default (the paper's DiT): U-ViT long skips (Bao et
+al. 2023), a class-table initialisation for short runs, and text conditions through cross-attention and a pooled prompt (PixArt-alpha, Chen et al. 2023).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddpm.errors import ConfigError
+from ddpm.nets.cross_attention import CrossAttention, pooled_context, split_condition
 from ddpm.nets.embeddings import ClassEmbedding, timestep_embedding
 
 FREQ_DIM = 256  # width of the sinusoidal timestep features fed to the timestep MLP (as in DiT)
@@ -72,9 +74,11 @@ class Attention(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    """adaLN-Zero Transformer block: x + gate * f(modulate(LN(x))) for f = attention, then MLP."""
+    """adaLN-Zero Transformer block: x + gate * f(modulate(LN(x))) for f = attention, then MLP; with a
+    ``context_dim``, a cross-attention sub-block between them (PixArt-alpha, Chen et al. 2023, Sec. 2.3):
+    x + CrossAttention(LN_c(x), context, mask), its output projection zero-initialised."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, context_dim: int | None = None) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
@@ -82,11 +86,16 @@ class DiTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        if context_dim is not None:
+            self.norm_c = nn.LayerNorm(dim, eps=1e-6)  # affine: no adaLN modulation on this sub-block
+            self.cross_attn = CrossAttention(dim, context_dim, num_heads)
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        # x (B, T, D), c (B, D) -> six (B, D) vectors
+    def forward(self, x: Tensor, c: Tensor, context: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        # x (B, T, D), c (B, D) -> six (B, D) vectors; context: (embeddings (B, L, Dc), mask (B, L) bool)
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=1)
         x = x + gate_a[:, None] * self.attn(modulate(self.norm1(x), shift_a, scale_a))  # (B, T, D)
+        if context is not None:
+            x = x + self.cross_attn(self.norm_c(x), *context)  # (B, T, D)
         return x + gate_m[:, None] * self.mlp(modulate(self.norm2(x), shift_m, scale_m))  # (B, T, D)
 
 
@@ -117,6 +126,9 @@ class DiT(nn.Module):
         num_heads: int,
         mlp_ratio: float = 4.0,
         num_classes: int | None = None,
+        long_skip: bool = False,
+        class_embed_std: float = 0.02,
+        context_dim: int | None = None,
     ) -> None:
         """
         Args:
@@ -129,6 +141,18 @@ class DiT(nn.Module):
             mlp_ratio: MLP hidden width / D.
             num_classes: None: unconditional. K: class-conditional, with a learned (K + 1, D) table
                 whose row K is the null class used for classifier-free guidance.
+            long_skip: U-ViT long skips (Bao et al. 2023, "All are Worth Words", Sec. 3): the outputs of
+                the first ``depth // 2`` blocks are concatenated to the inputs of the mirrored last
+                ``depth // 2`` blocks, and a Linear(2D, D) maps them back to width D (a middle block,
+                for odd depth, gets none). Off: the paper's DiT.
+            class_embed_std: standard deviation of the class table's N(0, s^2) initialisation. The
+                authors' 0.02 suits their 400k-step runs; within a few hundred steps the timestep
+                embedding grows to norm ~30 while the class rows stay near norm 1, so the label barely
+                moves c. 1.0 (PyTorch's default, as the U-Net's table) lets it count from the start.
+            context_dim: None: no text. Dc: a text-conditional net (``cond`` = (embeddings (B, L, Dc),
+                mask (B, L) bool)): every block gets a cross-attention sub-block over the prompt's
+                tokens (PixArt-alpha), and the mean of the real tokens, Linear(Dc, D), is added to c
+                (a pooled text embedding, as in Imagen and SD-XL). Excludes ``num_classes``.
         """
         super().__init__()
         check_args(image_size, in_channels, patch_size, hidden_size, depth, num_heads, mlp_ratio)
@@ -138,16 +162,27 @@ class DiT(nn.Module):
         # arguments alone. Not persistent: checkpoints stay free of it and it is rebuilt on load.
         self.register_buffer("pos_embed", sincos_2d(hidden_size, self.grid)[None], persistent=False)  # (1, T, D)
         self.t_embedder = nn.Sequential(nn.Linear(FREQ_DIM, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
-        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
+        self.context_dim = check_context(context_dim, num_classes)
+        self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, context_dim) for _ in range(depth))
         self.final_layer = FinalLayer(hidden_size, patch_size, in_channels)
+        if not isinstance(long_skip, bool):
+            raise ConfigError(f"model.long_skip={long_skip!r} is not allowed: use true or false")
+        # skip_linears[j] feeds block depth - depth // 2 + j with the output of block depth // 2 - 1 - j
+        self.skip_linears = nn.ModuleList(nn.Linear(2 * hidden_size, hidden_size) for _ in range(depth // 2 if long_skip else 0))
         self.num_classes = ClassEmbedding.check(num_classes)
+        if isinstance(class_embed_std, bool) or not isinstance(class_embed_std, (int, float)) or not class_embed_std > 0:
+            raise ConfigError(f"model.class_embed_std={class_embed_std!r} is not allowed: use a positive number (0.02: DiT's)")
+        self.class_embed_std = float(class_embed_std)
         if num_classes is not None:
             self.class_embed = ClassEmbedding(num_classes, hidden_size)
+        if context_dim is not None:
+            self.context_embed = nn.Linear(context_dim, hidden_size)  # pooled prompt -> c
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
         """The authors' initialisation: Xavier-uniform linears (the patch conv as a linear), N(0, 0.02)
-        timestep MLP and class table, and zeros for every adaLN modulation and the output linear."""
+        timestep MLP, N(0, class_embed_std^2) class table (theirs: 0.02), and zeros for every adaLN
+        modulation, the output linear and the cross-attention's output projection."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -158,12 +193,16 @@ class DiT(nn.Module):
         for layer in (self.t_embedder[0], self.t_embedder[2]):
             nn.init.normal_(layer.weight, std=0.02)
         if self.num_classes is not None:
-            nn.init.normal_(self.class_embed.weight, std=0.02)
+            nn.init.normal_(self.class_embed.weight, std=self.class_embed_std)
         for block in [*self.blocks, self.final_layer]:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+        for block in self.blocks:  # the cross-attention's zero output projection (the Xavier loop overwrote it)
+            if self.context_dim is not None:
+                nn.init.zeros_(block.cross_attn.proj.weight)
+                nn.init.zeros_(block.cross_attn.proj.bias)
 
     def patchify(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> tokens (B, T, D), position embedding added."""
@@ -175,25 +214,63 @@ class DiT(nn.Module):
         x = x.reshape(B, g, g, p, p, C)  # (B, gh, gw, p, p, C)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(B, C, g * p, g * p)  # (B, C, H, W)
 
-    def condition(self, t: Tensor, cond: Tensor | None, batch: int, device: torch.device) -> Tensor:
-        """The conditioning vector c (B, D): timestep MLP plus, if conditional, the class embedding."""
+    def condition(self, t: Tensor, cond, batch: int, device: torch.device) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """The conditioning vector c (B, D): timestep MLP plus the class embedding or the pooled prompt;
+        and the text context (embeddings (B, L, Dc), mask (B, L)) for the cross-attention, or None."""
         t = t.expand(batch)  # (B,), also accepts a scalar timestep
         c = self.t_embedder(timestep_embedding(t, FREQ_DIM))  # (B, D)
+        labels, text = split_condition(cond)
+        if self.context_dim is not None:
+            if text is None:
+                raise ConfigError(TEXT_NEEDED.format(self.context_dim, "class labels" if labels is not None else "cond=None"))
+            emb, mask = text
+            if emb.ndim != 3 or emb.shape[-1] != self.context_dim or mask.shape != emb.shape[:2]:
+                raise ConfigError(f"text condition of shapes {tuple(emb.shape)} and mask {tuple(mask.shape)} is not allowed: "
+                                  f"use embeddings (B, L, {self.context_dim}) and a mask (B, L)")
+            text = emb.expand(batch, -1, -1), mask.expand(batch, -1)  # (B, L, Dc), (B, L): a batch-1 prompt is shared
+            return c + self.context_embed(pooled_context(*text).to(c.dtype)), text  # (B, D)
+        if text is not None:
+            raise ConfigError(NO_TEXT)
         if self.num_classes is not None:
-            c = c + self.class_embed(cond, batch, device)  # (B, D)
-        elif cond is not None:
+            c = c + self.class_embed(labels, batch, device)  # (B, D)
+        elif labels is not None:
             raise ConfigError(ClassEmbedding.UNCONDITIONAL)
-        return c
+        return c, None
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, cond=None) -> Tensor:
         """``x`` (B, C, H, W), ``t`` (B,) timesteps; ``cond``: class labels (B,) in [0, num_classes]
-        (num_classes = the null class) of a conditional net, None for the null class.
-        Returns (B, C, H, W)."""
-        c = self.condition(t, cond, x.shape[0], x.device)  # (B, D)
+        (num_classes = the null class) of a class-conditional net, None for the null class; for a text
+        net (``context_dim``) the pair (embeddings (B, L, context_dim), mask (B, L) bool), the null
+        condition being the encoded empty prompt. Returns (B, C, H, W)."""
+        c, context = self.condition(t, cond, x.shape[0], x.device)  # (B, D)
         h = self.patchify(x)  # (B, T, D)
-        for block in self.blocks:
-            h = block(h, c)  # (B, T, D)
+        n_skip, first_out = len(self.skip_linears), len(self.blocks) - len(self.skip_linears)
+        skips = []
+        for i, block in enumerate(self.blocks):
+            if i >= first_out:  # U-ViT: mirrored block's output, concatenated, back to width D
+                h = self.skip_linears[i - first_out](torch.cat([h, skips.pop()], dim=-1))  # (B, T, 2D) -> (B, T, D)
+            h = block(h, c, context)  # (B, T, D)
+            if i < n_skip:
+                skips.append(h)
         return self.unpatchify(self.final_layer(h, c))  # (B, C, H, W)
+
+
+TEXT_NEEDED = ("a text-conditional network (model.context_dim={}) was given {}: pass (embeddings, mask) of a prompt "
+               "(the encoded empty prompt for the null condition)")
+NO_TEXT = ("a text condition (embeddings, mask) was given to a network without cross-attention "
+           "(model.context_dim=null): set model.context_dim")
+
+
+def check_context(context_dim, num_classes) -> int | None:
+    """``context_dim`` if allowed: None or a positive integer, and not beside ``num_classes``."""
+    if context_dim is None:
+        return None
+    if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 1:
+        raise ConfigError(f"model.context_dim={context_dim!r} is not allowed: use null (no text) or a positive integer")
+    if num_classes is not None:
+        raise ConfigError(f"model.context_dim={context_dim} and model.num_classes={num_classes} are both set: "
+                          "a DiT conditions on class labels or on text, set one of them to null")
+    return context_dim
 
 
 def check_args(image_size, in_channels, patch_size, hidden_size, depth, num_heads, mlp_ratio) -> None:
