@@ -12,7 +12,8 @@ eps_c = eps(x_t, t, label) and eps_u = eps(x_t, t, null class) come from ONE net
 batch [x_t; x_t] with labels [label; null]. Guidance acts on the eps implied by any
 parameterization (eps, x0 or v nets: each half's raw output is converted to eps *without*
 clipping), on every channel; x0 follows from the guided eps and is clipped (eps recomputed) when
-the wrapped denoiser clips. So every sampler (DDPM, DDIM, DPM-Solver++) takes the wrapper as its
+the wrapped denoiser clips. A learned variance (2C-channel net) is not guided: the conditional
+half's is used (GLIDE, DiT). So every sampler (DDPM, DDIM, DPM-Solver++) takes the wrapper as its
 denoiser unchanged.
 
 Options:
@@ -138,8 +139,10 @@ class ClassifierFreeGuidance:
         null = self.null_like(B, x_t.device)  # (B,) null class, or (B, L, D) empty prompt
         x2, t2 = torch.cat([x_t, x_t]), torch.cat([t, t])
         out = d.net_output(x2, t2, cat_conditions(cond, null))  # (2B, ...)
-        # 2. each half's eps implied by the parameterization, unclipped
-        _, eps2 = parameterization.to_x0_eps(schedule, out, x2, t2)
+        # 2. each half's eps implied by the parameterization, unclipped; a learned-variance net's
+        #    second C channels (v) are not guided: the conditional half's variance is used (GLIDE, DiT)
+        prediction, v = d.split_output(out, x2)  # (2B, C, ...), (2B, C, ...) or None
+        _, eps2 = parameterization.to_x0_eps(schedule, prediction, x2, t2)
         eps_c, eps_u = eps2[:B], eps2[B:]
         # 3. eps~ = eps_u + s (eps_c - eps_u), s = 1 + w  (Ho & Salimans 2022, Eq. 6)
         s = scale if isinstance(scale, float) else scale.view(B, *([1] * (x_t.ndim - 1)))
@@ -154,4 +157,4 @@ class ClassifierFreeGuidance:
         if d.clip_denoised:
             x0 = x0.clamp(-1.0, 1.0)
             eps = schedule.eps_from_x0(x_t, t, x0)
-        return DenoiserOutput(x0, eps, schedule.reverse_log_variance(d.variance, t, x_t.ndim))
+        return DenoiserOutput(x0, eps, d.log_variance(t, x_t, None if v is None else v[:B]))

@@ -8,7 +8,7 @@
 In this code timesteps are 0-based: the term at t = 0 is the decoder, evaluated at x_1 =
 q_sample(x_0, t=0); the term at t >= 1 is the KL of the step out of t; the prior uses t = T - 1.
 p(x_{t-1} | x_t) has mean mu~_t(x0_hat, x_t) and the denoiser's reverse variance (``fixed_small``
-beta~_t or ``fixed_large`` beta_t: ``Denoiser.variance``), x0_hat clipped as the denoiser clips it
+beta~_t, ``fixed_large`` beta_t or ``learned_range``: ``Denoiser.variance``), x0_hat clipped as the denoiser clips it
 (``Denoiser.clip_denoised``), exactly as in sampling. Data are 8-bit images scaled
 to [-1, 1]: 256 levels, bins of width 2/255. Everything is summed in nats over the pixels and
 reported per dimension in bits: nats / (D ln 2).
@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.special import log_ndtr
 from tqdm.auto import tqdm
 
-from ddpm.diffusion.denoiser import Denoiser
+from ddpm.diffusion.denoiser import Denoiser, DenoiserOutput
 from ddpm.diffusion.schedules import NoiseSchedule, extract
 
 BIN = 1.0 / 255.0  # half the width of one of the 256 intensity bins on [-1, 1]
@@ -77,9 +77,14 @@ def vb_term_bpd(denoiser: Denoiser, x0: Tensor, t: Tensor, noise: Tensor, cond: 
         x0: (B, C, H, W) data on the 8-bit grid in [-1, 1].
         t: (B,) timesteps; noise: (B, C, H, W) the eps of x_t = q_sample(x0, t, noise).
     """
-    schedule = denoiser.schedule
-    x_t = schedule.q_sample(x0, t, noise)
-    x0_hat, _, logvar = denoiser(x_t, t, cond)
+    x_t = denoiser.schedule.q_sample(x0, t, noise)
+    return vb_term_from_output(denoiser.schedule, x0, x_t, t, denoiser(x_t, t, cond))
+
+
+def vb_term_from_output(schedule: NoiseSchedule, x0: Tensor, x_t: Tensor, t: Tensor, out: DenoiserOutput) -> Tensor:
+    """``vb_term_bpd`` (B,) from a denoiser's output ``out`` at (x_t, t): differentiable in out, so the
+    hybrid loss can train a learned variance through it. x0, x_t (B, C, H, W); t (B,). Math in float64."""
+    x0_hat, _, logvar = out
     mean, _, _ = schedule.posterior(x0_hat, x_t, t)  # mu_theta(x_t, t)
     logvar = logvar.expand_as(x0)
     true_mean, _, true_logvar = schedule.posterior(x0, x_t, t)

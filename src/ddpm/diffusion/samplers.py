@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ddpm.diffusion.denoiser import DenoiserOutput, at_timestep
-from ddpm.diffusion.schedules import NoiseSchedule
+from ddpm.diffusion.schedules import NoiseSchedule, respace
 from ddpm.diffusion.timesteps import SPACINGS, check_steps, step_pairs, timestep_sequence
 from ddpm.errors import ConfigError
 
@@ -45,31 +45,51 @@ class Sampler:
 
 
 class DDPMSampler(Sampler):
-    """Ancestral sampling, Algorithm 2 of Ho et al. 2020.
+    """Ancestral sampling, Algorithm 2 of Ho et al. 2020, over all T steps or ``steps`` of them.
 
     x_{t-1} = mu~_t(x0_hat, x_t) + sigma_t z,  z ~ N(0, I), and the mean alone at the last step.
-    sigma_t^2 is the denoiser's reverse variance (``Denoiser.variance``: beta~_t or beta_t).
+    sigma_t^2 is the denoiser's reverse variance (``Denoiser.variance``: beta~_t, beta_t or learned).
+
+    Respaced (``steps`` = K < T; Nichol & Dhariwal 2021, Sec. 4 and improved-diffusion's
+    ``respace.py``): the same ancestral step on the K kept timesteps S of
+    ``timestep_sequence(schedule, K, spacing)``, a diffusion whose betas are recomputed from abar at
+    the kept steps, beta'_k = 1 - abar_{S_k} / abar_{S_{k-1}} (``schedules.respace``): the posterior
+    mean uses beta'_k, and the variance keeps its place w between log beta~ and log beta
+    (``NoiseSchedule.variance_fraction``: 0 for fixed_small, 1 for fixed_large, the net's (v+1)/2 for
+    learned_range) and takes it between log beta~'_k and log beta'_k, as the paper's learned variance does.
 
     Args:
         noise_scale: multiplies sigma_t z; 1 is DDPM, 0 keeps the posterior mean alone, which
             collapses samples towards the data average (shown by the toy-diffusion plots).
         progress: show a progress bar over the steps.
+        steps: None: all T steps. K in [1, T]: respaced to K denoiser calls.
+        spacing: where the K steps lie (``timestep_sequence``): ``linspace`` (= ``uniform``, as
+            improved-diffusion's evenly strided steps), ``trailing``, ``quadratic`` or ``logsnr``.
     """
 
     name = "ddpm"
 
-    def __init__(self, noise_scale: float = 1.0, progress: bool = False):
+    def __init__(self, noise_scale: float = 1.0, progress: bool = False, steps: int | None = None,
+                 spacing: str = "linspace"):
         if not noise_scale >= 0:
             raise ConfigError(f"noise_scale={noise_scale!r} is not allowed: use 0 (posterior mean only) to 1 (DDPM)")
+        if steps is not None:
+            check_steps(steps)
+        if spacing not in SPACINGS:
+            raise ConfigError(f"spacing={spacing!r} is not allowed: choose one of {list(SPACINGS)}")
         self.noise_scale = float(noise_scale)
-        self.progress = progress
+        self.progress, self.steps, self.spacing = progress, steps, spacing
 
     def timesteps(self, schedule: NoiseSchedule) -> list[int]:
-        """All T steps: [T-1, ..., 0]."""
+        """All T steps: [T-1, ..., 0]; or the ``steps`` kept ones, from T-1 down."""
+        if self.steps is not None:
+            return timestep_sequence(schedule, self.steps, self.spacing)
         return list(range(schedule.num_timesteps - 1, -1, -1))
 
     @torch.no_grad()
     def __call__(self, denoiser: Denoiser, schedule: NoiseSchedule, x_T: Tensor, generator=None, cond=None) -> Tensor:
+        if self.steps is not None:
+            return self._respaced(denoiser, schedule, x_T, generator, cond)
         x = x_T.float()  # (B, C, H, W)
         for t_int, t_next in self.pairs(schedule):
             t = torch.full((x.shape[0],), t_int, device=x.device, dtype=torch.long)  # (B,)
@@ -78,6 +98,25 @@ class DDPMSampler(Sampler):
             if t_next < 0:
                 x = mean  # 2. the last step returns the mean (no noise added to x_0)
             else:  # 2. x_{t-1} = mu~_t + sigma_t z   (Algorithm 2, line 4)
+                z = torch.randn(x.shape, generator=generator, device=x.device)
+                x = mean + self.noise_scale * (0.5 * log_variance).exp() * z
+        return x
+
+    def _respaced(self, denoiser: Denoiser, schedule: NoiseSchedule, x_T: Tensor, generator, cond) -> Tensor:
+        """The loop above on the respaced diffusion: index k for its buffers, the original t for the denoiser."""
+        kept = self.timesteps(schedule)  # [S_{K-1}, ..., S_0], decreasing
+        spaced = respace(schedule, kept).to(x_T.device)
+        x = x_T.float()  # (B, C, H, W)
+        for i, (t_int, t_next) in enumerate(self.pairs(schedule)):
+            t = torch.full((x.shape[0],), t_int, device=x.device, dtype=torch.long)  # (B,) original timestep
+            k = torch.full_like(t, len(kept) - 1 - i)  # (B,) its index in the respaced diffusion
+            x0, _, log_variance = denoiser(x, t, cond)
+            mean, _, _ = spaced.posterior(x0, x, k)  # 1. mu~'_k(x0_hat, x_t) with the respaced betas
+            if t_next < 0:
+                x = mean
+            else:  # 2. sigma'^2 at the same place w between log beta~'_k and log beta'_k
+                w = schedule.variance_fraction(log_variance, t)  # (B, 1 or C, ...)
+                log_variance = spaced.learned_log_variance(2 * w - 1, k)
                 z = torch.randn(x.shape, generator=generator, device=x.device)
                 x = mean + self.noise_scale * (0.5 * log_variance).exp() * z
         return x

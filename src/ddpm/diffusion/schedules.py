@@ -80,7 +80,9 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) 
     return (1 - abar[1:] / abar[:-1]).clamp(max=max_beta)
 
 
-REVERSE_VARIANCES = ("fixed_small", "fixed_large")
+FIXED_VARIANCES = ("fixed_small", "fixed_large")
+LEARNED_VARIANCE = "learned_range"  # the network's extra C channels interpolate log beta~_t and log beta_t
+REVERSE_VARIANCES = (*FIXED_VARIANCES, LEARNED_VARIANCE)
 
 
 def extract(buffer: Tensor, t: Tensor, ndim: int) -> Tensor:
@@ -135,7 +137,8 @@ class NoiseSchedule(nn.Module):
         #   fixed_small: beta~_t (beta~_0 replaced by beta~_1, as log 0 = -inf)
         #   fixed_large: beta_t  (beta_0 replaced by beta~_1, so the decoder stays small; improved-diffusion)
         large = torch.cat([posterior_variance[1:2], betas[1:]]) if len(betas) > 1 else betas
-        reverse = {"fixed_small": clipped.log(), "fixed_large": large.log()}
+        #   learned_range: between log beta~_t (clipped as above) and log beta_t, unclipped (improved-diffusion)
+        reverse = {"fixed_small": clipped.log(), "fixed_large": large.log(), "learned_max": betas.log()}
         for name, value in reverse.items():
             self.register_buffer(f"reverse_log_variance_{name}", value.to(torch.float32), persistent=False)
         # abar_t as float64 host numbers, for samplers that step between timesteps on the host.
@@ -151,9 +154,34 @@ class NoiseSchedule(nn.Module):
 
     def reverse_log_variance(self, variance: str, t: Tensor, ndim: int) -> Tensor:
         """log sigma_t^2 of a fixed-variance reverse step, ``fixed_small`` or ``fixed_large``, shaped to broadcast."""
-        if variance not in REVERSE_VARIANCES:
-            raise ConfigError(f"variance={variance!r} is not allowed: choose one of {list(REVERSE_VARIANCES)}")
+        if variance not in FIXED_VARIANCES:
+            raise ConfigError(f"variance={variance!r} is not allowed here: choose one of {list(FIXED_VARIANCES)} "
+                              f"({LEARNED_VARIANCE} comes from the network's output: Denoiser.log_variance)")
         return extract(getattr(self, f"reverse_log_variance_{variance}"), t, ndim)
+
+    def learned_log_variance(self, v: Tensor, t: Tensor) -> Tensor:
+        """log Sigma_theta = (v+1)/2 log beta_t + (1-v)/2 log beta~_t, (B, ...) like v   (Nichol & Dhariwal 2021, Eq. 15).
+
+        The paper writes exp(w log beta_t + (1 - w) log beta~_t) with w the network output; like
+        improved-diffusion (``learned_range``) the output v is mapped w = (v + 1) / 2, so v = -1 gives
+        beta~_t (``fixed_small``, clipped at t = 0) and v = 1 gives beta_t. v is not constrained (nor in
+        the paper): values outside [-1, 1] extrapolate. v (B, ...), t (B,).
+        """
+        frac = (v + 1) / 2
+        hi, lo = self._coef("reverse_log_variance_learned_max", t, v), self._coef("reverse_log_variance_fixed_small", t, v)
+        return frac * hi + (1 - frac) * lo
+
+    def variance_fraction(self, log_variance: Tensor, t: Tensor) -> Tensor:
+        """w in log sigma_t^2 = w log beta_t + (1 - w) log beta~_t: where a reverse variance lies between the two.
+
+        The inverse of ``learned_log_variance`` (w = (v + 1) / 2): 0 for ``fixed_small``, 1 for ``fixed_large``
+        at t >= 1 (at t = 0 ``fixed_large`` is beta~_1: 0). Respaced sampling carries w over to the
+        respaced step. log_variance (B, ...) broadcastable, t (B,); w is 0 where beta_t = beta~_t in float32.
+        """
+        hi = self._coef("reverse_log_variance_learned_max", t, log_variance)
+        lo = self._coef("reverse_log_variance_fixed_small", t, log_variance)
+        gap = hi - lo
+        return torch.where(gap != 0, (log_variance - lo) / torch.where(gap != 0, gap, 1.0), 0.0)
 
     def _coef(self, name: str, t: Tensor, x: Tensor) -> Tensor:
         return extract(getattr(self, name), t, x.ndim)
@@ -191,6 +219,20 @@ class NoiseSchedule(nn.Module):
     def eps_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
         """eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v."""
         return self._coef("sqrt_one_minus_alphas_cumprod", t, x_t) * x_t + self._coef("sqrt_alphas_cumprod", t, x_t) * v
+
+
+def respace(schedule: NoiseSchedule, timesteps: list[int]) -> NoiseSchedule:
+    """The diffusion on the kept ``timesteps`` only: abar at each kept t is the original's, and
+    beta'_k = 1 - abar_{t_k} / abar_{t_{k-1}} (abar_{t_{-1}} = 1), in float64 (Nichol & Dhariwal 2021,
+    Sec. 4; improved-diffusion's ``respace.py``). Index k of the result is the k-th smallest kept t.
+    ``timesteps`` in any order, distinct, within [0, T).
+    """
+    kept = sorted(timesteps)
+    if len(set(kept)) != len(kept) or kept[0] < 0 or kept[-1] >= schedule.num_timesteps:
+        raise ScheduleError(f"respaced timesteps must be distinct integers in [0, {schedule.num_timesteps})")
+    abar = torch.tensor([schedule.abar(t) for t in kept], dtype=torch.float64)  # (K,) the host's float64 abar
+    abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
+    return NoiseSchedule(1.0 - abar / abar_prev)
 
 
 def linear(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:

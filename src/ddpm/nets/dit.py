@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddpm.errors import ConfigError
+from ddpm.errors import ConfigError, check_choice
 from ddpm.nets.cross_attention import CrossAttention, pooled_context, split_condition
 from ddpm.nets.embeddings import ClassEmbedding, timestep_embedding
 
@@ -129,11 +129,12 @@ class DiT(nn.Module):
         long_skip: bool = False,
         class_embed_std: float = 0.02,
         context_dim: int | None = None,
+        learn_sigma: bool = False,
     ) -> None:
         """
         Args:
             image_size: side H = W of the (square) images; ``patch_size`` must divide it.
-            in_channels: C, also the output channels (one prediction per input value).
+            in_channels: C, also the output channels (one prediction per input value; 2C with ``learn_sigma``).
             patch_size: p; the image becomes (H / p)^2 tokens. The paper's DiT-S/2 has p = 2.
             hidden_size: token width D (S: 384, B: 768, L: 1024, XL: 1152); ``num_heads`` divides it.
             depth: number of adaLN-Zero blocks (12 for S and B).
@@ -153,6 +154,9 @@ class DiT(nn.Module):
                 mask (B, L) bool)): every block gets a cross-attention sub-block over the prompt's
                 tokens (PixArt-alpha), and the mean of the real tokens, Linear(Dc, D), is added to c
                 (a pooled text embedding, as in Imagen and SD-XL). Excludes ``num_classes``.
+            learn_sigma: output 2C channels, the prediction and then the v of a learned reverse variance
+                (Nichol & Dhariwal 2021, as the paper's DiT; ``Denoiser(variance="learned_range")``).
+                False: the plain net, its parameters and initial weights unchanged.
         """
         super().__init__()
         check_args(image_size, in_channels, patch_size, hidden_size, depth, num_heads, mlp_ratio)
@@ -164,7 +168,9 @@ class DiT(nn.Module):
         self.t_embedder = nn.Sequential(nn.Linear(FREQ_DIM, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
         self.context_dim = check_context(context_dim, num_classes)
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, context_dim) for _ in range(depth))
-        self.final_layer = FinalLayer(hidden_size, patch_size, in_channels)
+        self.learn_sigma = check_choice("model.learn_sigma", learn_sigma, (True, False))
+        self.out_channels = 2 * in_channels if learn_sigma else in_channels
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         if not isinstance(long_skip, bool):
             raise ConfigError(f"model.long_skip={long_skip!r} is not allowed: use true or false")
         # skip_linears[j] feeds block depth - depth // 2 + j with the output of block depth // 2 - 1 - j
@@ -209,8 +215,8 @@ class DiT(nn.Module):
         return self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, T, D)
 
     def unpatchify(self, x: Tensor) -> Tensor:
-        """(B, T, p * p * C) -> (B, C, H, W); token k = (row, col) row-major, values (p, p, C) in order."""
-        B, p, g, C = x.shape[0], self.patch_size, self.grid, self.in_channels
+        """(B, T, p * p * C) -> (B, C, H, W) (C: the output channels); token k = (row, col) row-major, values (p, p, C)."""
+        B, p, g, C = x.shape[0], self.patch_size, self.grid, self.out_channels
         x = x.reshape(B, g, g, p, p, C)  # (B, gh, gw, p, p, C)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(B, C, g * p, g * p)  # (B, C, H, W)
 

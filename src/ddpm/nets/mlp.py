@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ddpm.errors import ConfigError
+from ddpm.errors import ConfigError, check_choice
 from ddpm.nets.embeddings import ClassEmbedding, timestep_embedding
 
 
 class MLPDenoiser(nn.Module):
-    """A residual MLP ``net(x_t (B, dim), t (B,), cond=None) -> (B, dim)`` conditioned on a sinusoidal embedding of t.
+    """A residual MLP ``net(x_t (B, dim), t (B,), cond=None) -> (B, dim)`` conditioned on a sinusoidal embedding of t
+    ((B, 2 dim) with ``learn_sigma``).
 
     Each coordinate of x_t enters as sin(f x), cos(f x) for frequencies f from 1 to
     ``coord_scale`` (Fourier features, Tancik et al. 2020): on raw 2-D coordinates an MLP learns
@@ -25,6 +26,9 @@ class MLPDenoiser(nn.Module):
         num_classes: None: unconditional (the parameters of the plain MLP). K: ``class_embed``, a
             learned (K + 1, hidden) table (row K: the null class) whose row for the label is added
             to the time embedding.
+        learn_sigma: also output, in a second ``dim`` columns, the v of a learned reverse variance
+            (Nichol & Dhariwal 2021; ``Denoiser(variance="learned_range")``). False: the plain MLP,
+            its parameters and initial weights unchanged.
     """
 
     def __init__(
@@ -36,6 +40,7 @@ class MLPDenoiser(nn.Module):
         coord_embed_dim: int = 32,
         coord_scale: float = 25.0,
         num_classes: int | None = None,
+        learn_sigma: bool = False,
     ):
         super().__init__()
         if min(dim, hidden, layers, time_embed_dim) < 1 or coord_embed_dim < 0:
@@ -45,7 +50,8 @@ class MLPDenoiser(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(time_embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.inp = nn.Linear(dim * coord_embed_dim if coord_embed_dim else dim, hidden)
         self.blocks = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden)) for _ in range(layers))
-        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim))
+        self.learn_sigma = check_choice("model.learn_sigma", learn_sigma, (True, False))
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * dim if learn_sigma else dim))
         self.num_classes = ClassEmbedding.check(num_classes)  # built last: unconditional init unchanged
         if num_classes is not None:
             self.class_embed = ClassEmbedding(num_classes, hidden)
@@ -64,4 +70,4 @@ class MLPDenoiser(nn.Module):
         h = self.inp(x)  # (B, hidden)
         for block in self.blocks:
             h = h + block(h + emb)
-        return self.out(h)  # (B, dim)
+        return self.out(h)  # (B, dim), or (B, 2 dim) with learn_sigma

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddpm.errors import ConfigError
+from ddpm.errors import ConfigError, check_choice
 from ddpm.nets.cross_attention import CrossAttention, pooled_context, split_condition
 from ddpm.nets.embeddings import ClassEmbedding, timestep_embedding
 
@@ -142,7 +142,7 @@ class UNet(nn.Module):
 
     Args:
         image_size: height = width of the input; must survive ``len(channel_mult) - 1`` halvings.
-        in_channels: image channels, also the number of output channels.
+        in_channels: image channels, also the number of output channels (twice that with ``learn_sigma``).
         base_channels: channels at full resolution; also the timestep-embedding dimension.
         channel_mult: channel multiplier per resolution level (one level per entry).
         num_res_blocks: ResBlocks per level in the encoder (the decoder has one more).
@@ -159,6 +159,9 @@ class UNet(nn.Module):
             the timestep embedding. Excludes ``num_classes``; the null condition is the encoded empty
             prompt. These layers are drawn after all others, so the other weights equal the
             unconditional net's of the same seed.
+        learn_sigma: output 2C channels, the usual prediction and then the v of a learned reverse
+            variance (Nichol & Dhariwal 2021; ``Denoiser(variance="learned_range")``). False: the plain
+            net, its parameters and initial weights unchanged.
     """
 
     def __init__(
@@ -172,6 +175,7 @@ class UNet(nn.Module):
         dropout: float = 0.1,
         num_classes: int | None = None,
         context_dim: int | None = None,
+        learn_sigma: bool = False,
     ) -> None:
         super().__init__()
         channel_mult, attn_resolutions = tuple(channel_mult), tuple(attn_resolutions)
@@ -214,7 +218,9 @@ class UNet(nn.Module):
                     res *= 2
                 self.up.append(EmbedSequential(*layers))
 
-        self.out = nn.Sequential(norm(ch), nn.SiLU(), zero_init(nn.Conv2d(ch, in_channels, 3, padding=1)))
+        self.learn_sigma = check_choice("model.learn_sigma", learn_sigma, (True, False))
+        out_channels = 2 * in_channels if learn_sigma else in_channels
+        self.out = nn.Sequential(norm(ch), nn.SiLU(), zero_init(nn.Conv2d(ch, out_channels, 3, padding=1)))
         # Built last, so an unconditional net draws its initial weights exactly as before.
         self.num_classes = ClassEmbedding.check(num_classes)
         if num_classes is not None:
@@ -254,7 +260,7 @@ class UNet(nn.Module):
         h = self.middle(h, emb, context)  # (B, C_last, H_last, W_last)
         for block in self.up:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context)  # (B, C_l, H_l, W_l)
-        return self.out(h)  # (B, C, H, W)
+        return self.out(h)  # (B, C, H, W), or (B, 2C, H, W) with learn_sigma
 
     def _check_text(
         self, context: tuple[Tensor, Tensor] | None, labels: Tensor | None, batch: int

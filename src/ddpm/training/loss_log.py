@@ -10,7 +10,8 @@ class LossByTimestep(nn.Module):
     """Running sums of the per-sample loss in ``buckets`` equal ranges of t between two logging steps.
 
     ``add`` runs every step and stays on the device; ``means`` is called at logging steps only, with
-    a ``reduce`` that sums across ranks (the strategy's), and resets the sums.
+    a ``reduce`` that sums across ranks (the strategy's), and resets the sums. A loss made of named
+    terms (the hybrid loss's ``terms``: ``mse`` and ``vb``) has each term summed the same way.
     """
 
     def __init__(self, buckets: int, num_timesteps: int):
@@ -19,20 +20,30 @@ class LossByTimestep(nn.Module):
         self.register_buffer("sums", torch.zeros(buckets), persistent=False)
         self.register_buffer("counts", torch.zeros(buckets), persistent=False)
 
-    def add(self, per_sample: Tensor, t: Tensor) -> None:
-        """per_sample (B,) losses at timesteps t (B,)."""
+    def add(self, per_sample: Tensor, t: Tensor, terms: dict[str, Tensor] | None = None) -> None:
+        """per_sample (B,) losses at timesteps t (B,); ``terms``: named per-sample parts (B,) of the loss."""
         bucket = t * self.buckets // self.num_timesteps
         self.sums.index_add_(0, bucket, per_sample)
         self.counts.index_add_(0, bucket, torch.ones_like(per_sample))
+        for name, values in (terms or {}).items():
+            if f"sums_{name}" not in self._buffers:  # on the device of the first step, like the sums
+                self.register_buffer(f"sums_{name}", torch.zeros_like(self.sums), persistent=False)
+            self._buffers[f"sums_{name}"].index_add_(0, bucket, values.to(self.sums.dtype))
 
     def means(self, reduce=lambda x: x) -> dict[str, Tensor]:
-        """{"train/loss": window mean, "train/loss_t<lo>-<hi>": mean per range of t}; resets the window."""
-        sums, counts = reduce(self.sums.clone()), reduce(self.counts.clone())
-        out = {"train/loss": sums.sum() / counts.sum().clamp(min=1)}
-        per_bucket = sums / counts.clamp(min=1)
+        """{"train/loss": window mean, "train/loss_t<lo>-<hi>": mean per range of t, and for each term
+        ``train/loss_<term>`` and ``train/loss_<term>_t<lo>-<hi>``}; resets the window."""
+        counts = reduce(self.counts.clone())
         width = self.num_timesteps / self.buckets
-        for i in range(self.buckets):
-            out[f"train/loss_t{int(i * width)}-{int((i + 1) * width) - 1}"] = per_bucket[i]
-        self.sums.zero_()
+        out = {}
+        for prefix, buffer in [("train/loss", self.sums)] + [
+            (f"train/loss_{name[5:]}", b) for name, b in self._buffers.items() if name.startswith("sums_")
+        ]:
+            sums = reduce(buffer.clone())
+            out[prefix] = sums.sum() / counts.sum().clamp(min=1)
+            per_bucket = sums / counts.clamp(min=1)
+            for i in range(self.buckets):
+                out[f"{prefix}_t{int(i * width)}-{int((i + 1) * width) - 1}"] = per_bucket[i]
+            buffer.zero_()
         self.counts.zero_()
         return out

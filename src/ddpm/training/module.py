@@ -296,7 +296,7 @@ class DiffusionModule(L.LightningModule):
         if self._noise_step != self.global_step:
             self._seed_noise()
         per_sample, t = self.compute_loss(batch)
-        self.loss_log.add(per_sample.detach(), t)
+        self.loss_log.add(per_sample.detach(), t, getattr(self.loss, "terms", None))  # the hybrid loss's mse and vb
         if self._is_logging_step():
             # The window's sums stay on the device between logging steps and are reduced across
             # ranks only here, so the training loop has no per-step collective or host sync.
