@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONF, compose_train, run_train
+from conftest import CONF, TINY, compose_train, run_train
 from ddpm.evaluation import classifier as C
 from test_classifier_metrics import SMALL, datamodule
 from ddpm.data.captions import write_embeddings
@@ -19,9 +19,11 @@ SMALL_TEXT = ["experiment=digits_text", "text_encoder.dim=16", "text_encoder.dep
 
 
 def test_digits_text_trains_resumes_and_samples_prompts(tmp_path):
+    from ddpm.runs.train import train
+
     run = tmp_path / "run"
-    run_train(run, *SMALL_TEXT, "trainer.max_steps=2")
-    run_train(run, *SMALL_TEXT, "trainer.max_steps=4", "ckpt_path=auto")  # resumed in place
+    train(compose_train(*TINY, *SMALL_TEXT, "trainer.max_steps=2", tmp_path=run))  # in this process: faster
+    run_train(run, *SMALL_TEXT, "trainer.max_steps=4", "ckpt_path=auto")  # resumed in place, by the real command
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 4
     keys = ckpt["state_dict"].keys()
@@ -64,10 +66,11 @@ def test_a_run_on_precomputed_embeddings_needs_no_encoder(tmp_path):
     names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
     captions = [f"a handwritten {names[int(y)]}" for _, y in digits()]
     write_embeddings(tmp_path / "emb.npz", ByteEncoder(), captions)
+    from ddpm.runs.train import train
+
     run = tmp_path / "run"
-    run_train(run, "model=dit_tiny", "data.captions=embeddings", f"data.embeddings_path={tmp_path / 'emb.npz'}",
-              "model.context_dim=12",
-              "trainer.max_steps=2", "callbacks.sample_grid.num_samples=2")
+    train(compose_train(*TINY, "model=dit_tiny", "data.captions=embeddings", f"data.embeddings_path={tmp_path / 'emb.npz'}",
+                        "model.context_dim=12", "trainer.max_steps=2", "callbacks.sample_grid.num_samples=2", tmp_path=run))
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     null = ByteEncoder()([""])
     assert torch.equal(ckpt["null_prompt"]["embeddings"], null[0]) and torch.equal(ckpt["null_prompt"]["mask"], null[1])
