@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddpm.errors import ConfigError
+
 
 def split_condition(cond: Any) -> tuple[Tensor | None, tuple[Tensor, Tensor] | None]:
     """(labels or None, (embeddings (B, L, Dc), mask (B, L) bool) or None) of a net's ``cond`` argument."""
@@ -59,3 +61,22 @@ class CrossAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # (B, h, T, D/h)
         out = torch.where(keep.any(-1, keepdim=True), out, 0.0)  # an all-padding prompt: no contribution (not NaN)
         return self.proj(out.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
+
+
+TEXT_NEEDED = ("a text-conditional network (model.context_dim={}) was given {}: pass (embeddings, mask) of a prompt "
+               "(the encoded empty prompt for the null condition)")
+NO_TEXT = ("a text condition (embeddings, mask) was given to a network without cross-attention "
+           "(model.context_dim=null): set model.context_dim to the text encoder's dim")
+
+
+def check_context_dim(context_dim, num_classes, net: str) -> int | None:
+    """``context_dim`` if allowed: None or a positive integer, and not beside ``num_classes`` (``net``: the
+    network's name for the message, e.g. "a DiT")."""
+    if context_dim is None:
+        return None
+    if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 1:
+        raise ConfigError(f"model.context_dim={context_dim!r} is not allowed: use null (no text) or a positive integer")
+    if num_classes is not None:
+        raise ConfigError(f"model.context_dim={context_dim} and model.num_classes={num_classes} are both set: "
+                          f"{net} conditions on class labels or on text, set one of them to null")
+    return context_dim

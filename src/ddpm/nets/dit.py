@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddpm.errors import ConfigError, check_choice
-from ddpm.nets.cross_attention import CrossAttention, pooled_context, split_condition
+from ddpm.nets.cross_attention import (NO_TEXT, TEXT_NEEDED, CrossAttention, check_context_dim, pooled_context,
+                                       split_condition)
 from ddpm.nets.embeddings import ClassEmbedding, timestep_embedding
 
 FREQ_DIM = 256  # width of the sinusoidal timestep features fed to the timestep MLP (as in DiT)
@@ -166,7 +167,7 @@ class DiT(nn.Module):
         # arguments alone. Not persistent: checkpoints stay free of it and it is rebuilt on load.
         self.register_buffer("pos_embed", sincos_2d(hidden_size, self.grid)[None], persistent=False)  # (1, T, D)
         self.t_embedder = nn.Sequential(nn.Linear(FREQ_DIM, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
-        self.context_dim = check_context(context_dim, num_classes)
+        self.context_dim = check_context_dim(context_dim, num_classes, "a DiT")
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio, context_dim) for _ in range(depth))
         self.learn_sigma = check_choice("model.learn_sigma", learn_sigma, (True, False))
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
@@ -259,24 +260,6 @@ class DiT(nn.Module):
             if i < n_skip:
                 skips.append(h)
         return self.unpatchify(self.final_layer(h, c))  # (B, C, H, W)
-
-
-TEXT_NEEDED = ("a text-conditional network (model.context_dim={}) was given {}: pass (embeddings, mask) of a prompt "
-               "(the encoded empty prompt for the null condition)")
-NO_TEXT = ("a text condition (embeddings, mask) was given to a network without cross-attention "
-           "(model.context_dim=null): set model.context_dim")
-
-
-def check_context(context_dim, num_classes) -> int | None:
-    """``context_dim`` if allowed: None or a positive integer, and not beside ``num_classes``."""
-    if context_dim is None:
-        return None
-    if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 1:
-        raise ConfigError(f"model.context_dim={context_dim!r} is not allowed: use null (no text) or a positive integer")
-    if num_classes is not None:
-        raise ConfigError(f"model.context_dim={context_dim} and model.num_classes={num_classes} are both set: "
-                          "a DiT conditions on class labels or on text, set one of them to null")
-    return context_dim
 
 
 def check_args(image_size, in_channels, patch_size, hidden_size, depth, num_heads, mlp_ratio) -> None:

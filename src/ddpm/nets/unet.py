@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddpm.errors import ConfigError, check_choice
-from ddpm.nets.cross_attention import CrossAttention, pooled_context, split_condition
+from ddpm.nets.cross_attention import (NO_TEXT, TEXT_NEEDED, CrossAttention, check_context_dim, pooled_context,
+                                       split_condition)
 from ddpm.nets.embeddings import ClassEmbedding, timestep_embedding
 
 GROUPS = 32
@@ -225,7 +226,7 @@ class UNet(nn.Module):
         self.num_classes = ClassEmbedding.check(num_classes)
         if num_classes is not None:
             self.class_embed = ClassEmbedding(num_classes, emb_ch)
-        self.context_dim = _check_context(context_dim, num_classes)
+        self.context_dim = check_context_dim(context_dim, num_classes, "a U-Net")
         if context_dim is not None:
             for block in self.modules():
                 if isinstance(block, AttnBlock):  # encoder, middle, decoder order
@@ -275,24 +276,6 @@ class UNet(nn.Module):
             raise ConfigError(f"text condition of shapes {tuple(emb.shape)} and mask {tuple(mask.shape)} is not "
                               f"allowed: use embeddings ({batch}, L, {self.context_dim}) and a mask ({batch}, L)")
         return emb.expand(batch, -1, -1), mask.expand(batch, -1)
-
-
-TEXT_NEEDED = ("a text-conditional network (model.context_dim={}) was given {}: pass (embeddings, mask) of a prompt "
-               "(the encoded empty prompt for the null condition)")
-NO_TEXT = ("a text condition (embeddings, mask) was given to a network without cross-attention "
-           "(model.context_dim=null): set model.context_dim to the text encoder's dim")
-
-
-def _check_context(context_dim, num_classes) -> int | None:
-    """``context_dim`` if allowed: None or a positive integer, and not beside ``num_classes``."""
-    if context_dim is None:
-        return None
-    if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 1:
-        raise ConfigError(f"model.context_dim={context_dim!r} is not allowed: use null (no text) or a positive integer")
-    if num_classes is not None:
-        raise ConfigError(f"model.context_dim={context_dim} and model.num_classes={num_classes} are both set: "
-                          "a U-Net conditions on class labels or on text, set one of them to null")
-    return context_dim
 
 
 def _validate(
