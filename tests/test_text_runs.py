@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONF, TINY, compose_train, run_train
+from conftest import CONF, TINY, compose_train
 from ddpm.evaluation import classifier as C
 from test_classifier_metrics import SMALL, datamodule
 from ddpm.data.captions import write_embeddings
@@ -18,12 +18,13 @@ SMALL_TEXT = ["experiment=digits_text", "text_encoder.dim=16", "text_encoder.dep
               "callbacks.sample_grid.per_class=1", "sampler.steps=3"]
 
 
-def test_digits_text_trains_resumes_and_samples_prompts(tmp_path):
+def test_digits_text_trains_resumes_and_samples_prompts(tmp_path, capsys):
     from ddpm.runs.train import train
 
     run = tmp_path / "run"
-    train(compose_train(*TINY, *SMALL_TEXT, "trainer.max_steps=2", tmp_path=run))  # in this process: faster
-    run_train(run, *SMALL_TEXT, "trainer.max_steps=4", "ckpt_path=auto")  # resumed in place, by the real command
+    train(compose_train(*TINY, *SMALL_TEXT, "trainer.max_steps=2", tmp_path=run))  # in this process (the CLI: test_train)
+    train(compose_train(*TINY, *SMALL_TEXT, "trainer.max_steps=4", "ckpt_path=auto", tmp_path=run))  # resumed in place
+    assert "(step 2), its newest complete checkpoint" in capsys.readouterr().out  # a resume, not a fresh start
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 4
     keys = ckpt["state_dict"].keys()
