@@ -83,7 +83,9 @@ class PromptConditioning(nn.Module):
                 raise ConfigError(f"the precomputed embeddings have width {pre.embeddings.shape[-1]} but model.context_dim="
                                   f"{self.context_dim}: set model.context_dim={pre.embeddings.shape[-1]}")
             cond, device = TextCondition(pre.embeddings.float(), pre.mask.bool()), pre.embeddings.device
-            null = self._null.to(device) if self._null is not None else (
+            if self._null is not None and self._null.embeddings.device != device:
+                self._null = self._null.to(device)  # moved once, not copied to the device every step
+            null = self._null if self._null is not None else (
                 self.null(use_ema=False) if self.encoder is not None else None)
             if null is None:
                 raise ConfigError("precomputed embeddings without the empty prompt's: the .npz needs null_embeddings "
