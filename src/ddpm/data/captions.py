@@ -189,9 +189,10 @@ class HostOrderDeviceBatches(DeviceBatches):
 
 
 class Relabelled(Dataset):
-    """``dataset`` with its labels replaced by ``labels`` (N,) (e.g. caption labels); keys as ``dataset``."""
+    """``dataset`` with its labels replaced by ``labels[i]`` (any table indexed by sample: caption labels (N,),
+    or ``PrecomputedEmbeddings``); keys as ``dataset``."""
 
-    def __init__(self, dataset: Dataset, labels: torch.Tensor):
+    def __init__(self, dataset: Dataset, labels):
         self.dataset, self.labels = dataset, labels
 
     def __len__(self) -> int:
@@ -302,19 +303,13 @@ class PrecomputedEmbeddings:
                 torch.from_numpy(np.array(self.mask[index])))
 
 
-class WithEmbeddings(Dataset):
+class WithEmbeddings(Relabelled):
     """``dataset``'s images paired with their precomputed caption embeddings: ``(image, (emb (L, D), mask (L,)))``,
     which default collation turns into ``(images, [emb (B, L, D), mask (B, L)])``. Keys as ``dataset``."""
 
-    def __init__(self, dataset: Dataset, embeddings: PrecomputedEmbeddings):
-        self.dataset, self.embeddings = dataset, embeddings
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        image, _ = self.dataset[key]
-        return image, self.embeddings[key[0] if isinstance(key, tuple) else key]
+    def __init__(self, dataset: Dataset, embeddings: "PrecomputedEmbeddings"):
+        super().__init__(dataset, embeddings)
+        self.embeddings = embeddings
 
 
 Encoder = Callable[[list[str]], tuple]
