@@ -218,5 +218,22 @@ def test_a_dataset_without_a_test_split_says_so_by_name():
         ImageDataModule(digits, 8, 1).test_dataset()
 
 
+def test_digits_can_hold_out_their_last_images_as_a_test_split_named_apart_in_caches():
+    from functools import partial
+
+    from sklearn.datasets import load_digits
+
+    every = load_digits()
+    dm = ImageDataModule(partial(digits, test_images=297), 8, 1, name="digits")
+    train, test = dm.build_dataset(**dm.dataset_kwargs), dm.test_dataset()
+    assert (len(train), len(test)) == (1500, 297)
+    x, y = test[0]  # the 1501st image, scaled from 0..16 to [-1, 1]
+    assert torch.allclose(x[0], torch.as_tensor(every.images[1500] / 8.0 - 1.0, dtype=x.dtype)) and y == every.target[1500]
+    assert dm.dataset_name == "digits-heldout297"  # cached statistics of 1500 training images never pass for all 1797
+    for bad in (-1, 1797, "some"):
+        with pytest.raises(DataError, match=f"test_images={bad!r} is not allowed"):
+            digits(test_images=bad)
+
+
 def test_the_test_split_of_mnist_is_its_10000_held_out_images():
     assert len(ImageDataModule(mnist, 28, 1, root=str(require(*MNIST))).test_dataset()) == 10_000

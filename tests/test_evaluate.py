@@ -9,6 +9,8 @@ import re
 import subprocess
 import sys
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -133,6 +135,13 @@ def test_nll_of_the_checkpoint_on_test_images_needs_no_inception(run, tmp_path):
     assert result["nll_num_images"] == 3 and np.isfinite(result["nll_bpd"]) and result["nll_bpd"] > 0
     assert result["nll_bpd"] > result["nll_prior_bpd"] + result["nll_decoder_bpd"] - 1e-9
     assert "fid" not in result
+    # where the bits go: L_t per t in a table and a figure, the 10 ranges of t in metrics.json
+    rows = np.loadtxt(tmp_path / "nll_terms.csv", delimiter=",", skiprows=1)  # (T, 2): t, L_t
+    assert rows.shape == (10, 2) and (rows[:, 0] == np.arange(10)).all()
+    assert rows[0, 1] == pytest.approx(result["nll_decoder_bpd"], rel=1e-6)  # t = 0 is the decoder
+    assert rows[:, 1].sum() + result["nll_prior_bpd"] == pytest.approx(result["nll_bpd"], rel=1e-6)
+    assert list(result["nll_bpd_by_t_range"].values()) == pytest.approx(rows[:, 1], rel=1e-6)  # T = 10: one t each
+    assert Path(result["nll_terms_png"]).stat().st_size > 0
 
 
 def test_the_denoiser_can_be_changed_for_the_bound_and_for_sampling(run, standin, tmp_path):

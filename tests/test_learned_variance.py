@@ -13,7 +13,7 @@ from ddpm.diffusion.denoiser import Denoiser
 from ddpm.diffusion.guidance import ClassifierFreeGuidance
 from ddpm.diffusion.losses import HybridLoss, SimpleLoss, VLBLoss
 from ddpm.diffusion.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler
-from ddpm.errors import ConfigError
+from ddpm.errors import ConfigError, root_config_error
 from ddpm.nets.mlp import MLPDenoiser
 from ddpm.nets.unet import UNet
 
@@ -291,6 +291,20 @@ def test_the_loss_and_model_options_compose_into_a_hybrid_model(tmp_path):
     assert instantiate(cfg.denoiser)(net=net, schedule=schedules.linear(T)).learned
     vlb = instantiate(compose_train("loss=vlb", tmp_path=tmp_path).loss)
     assert isinstance(vlb, VLBLoss) and (vlb.importance_sampling, vlb.history) == (False, 10)
+
+
+def test_a_loss_that_cannot_train_the_network_output_fails_when_the_module_is_built(tmp_path):
+    from conftest import compose_train
+
+    from ddpm.runs.build import build_module
+
+    cases = [(("loss=hybrid",), "loss=hybrid trains a learned variance, but the network outputs C channels"),
+             (("model.learn_sigma=true", "denoiser.variance=learned_range"), "loss=simple does not train")]
+    for overrides, named in cases:
+        with pytest.raises(Exception) as err:  # at build, before the first training step
+            build_module(compose_train("model=mlp", "data=moons", *overrides, tmp_path=tmp_path))
+        error = root_config_error(err.value)  # what the entry points print (Hydra wraps it)
+        assert named in str(error) and "\n" not in str(error)
 
 
 def test_the_bound_of_an_exact_mean_with_v_minus_one_is_the_decoder_alone(sched):

@@ -128,9 +128,11 @@ class ImageDataModule(L.LightningDataModule):
     @property
     def dataset_name(self) -> str:
         """The images' name in cache files: ``name`` when given, else (a folder) ``image_folder-<root's
-        folder name>-<first 8 hex digits of the sha1 of its absolute path>``."""
+        folder name>-<first 8 hex digits of the sha1 of its absolute path>``; ``<name>-heldout<N>`` when the
+        dataset holds N images out as its test split (the digits' ``test_images``): other training images."""
         if self.name:
-            return self.name
+            held = getattr(self.build_dataset, "keywords", {}).get("test_images", 0)
+            return f"{self.name}-heldout{held}" if held else self.name
         root = self.dataset_kwargs.get("root")
         if root is None:
             raise DataError("data.name=null and no data.root: name the dataset (data.name=NAME) to cache statistics of it")

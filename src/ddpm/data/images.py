@@ -89,15 +89,26 @@ def no_test_split(name: str) -> DataError:
     return DataError(f"data {name!r} has no test split (metrics=[nll] needs one: mnist, fashion_mnist, cifar10 have it)")
 
 
-def digits(train: bool = True) -> TensorImageDataset:
-    """scikit-learn's 1,797 handwritten 8x8 digits (shipped with the package, no download): (1, 8, 8)."""
-    if not train:
-        raise no_test_split("digits")
+def digits(train: bool = True, test_images: int = 0) -> TensorImageDataset:
+    """scikit-learn's 1,797 handwritten 8x8 digits (shipped with the package, no download): (1, 8, 8).
+
+    ``test_images``: hold out the last N images as the test split (``train=False``; e.g. for
+    ``metrics=[nll]``) and train on the others; 0 (the default): all 1,797 train, no test split.
+    """
+    if isinstance(test_images, bool) or not isinstance(test_images, int) or not 0 <= test_images < 1797:
+        raise DataError(f"data.dataset.test_images={test_images!r} is not allowed: use 0 (no test split) or a "
+                        "number of held-out images below 1797, e.g. 297")
+    if not train and test_images == 0:
+        raise DataError("data 'digits' has no test split unless some images are held out: set "
+                        "data.dataset.test_images=N (e.g. 297; training then uses the other 1797 - N)")
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    images = torch.as_tensor(bunch.images, dtype=torch.uint8).unsqueeze(1)  # pixel values 0..16
-    return TensorImageDataset(images, torch.as_tensor(bunch.target), max_value=16)
+    images = torch.as_tensor(bunch.images, dtype=torch.uint8).unsqueeze(1)  # (1797, 1, 8, 8), pixel values 0..16
+    labels = torch.as_tensor(bunch.target)
+    cut = len(images) - test_images
+    kept = slice(0, cut) if train else slice(cut, None)
+    return TensorImageDataset(images[kept], labels[kept], max_value=16)
 
 
 def _read_idx(path: Path) -> torch.Tensor:

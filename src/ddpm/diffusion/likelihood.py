@@ -117,17 +117,21 @@ def nll_bpd(
 def dataset_bpd(
     denoiser: Denoiser, dataset, num_images: int | None = None, batch_size: int = 100,
     generator: torch.Generator | None = None, device="cpu", progress: bool = False,
-) -> dict[str, float]:
+) -> dict[str, float | list[float]]:
     """The bound averaged over the first ``num_images`` (all when None) images of a dataset of
-    (image in [-1, 1], label) pairs: ``nll_bpd`` and its ``prior``/``decoder`` parts, bits/dim."""
+    (image in [-1, 1], label) pairs: ``nll_bpd`` and its ``prior``/``decoder`` parts, bits/dim, and
+    ``nll_terms_bpd``: the T per-timestep terms averaged over the images (``nll_bpd`` is their sum
+    plus the prior): where the bits go."""
     n = len(dataset) if num_images is None else min(int(num_images), len(dataset))
     sums = {"total": 0.0, "prior": 0.0, "decoder": 0.0}
+    terms = torch.zeros(denoiser.schedule.num_timesteps, dtype=torch.float64)  # (T,)
     for start in tqdm(range(0, n, batch_size), desc="nll batches", disable=not progress):
         x0 = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, n))]).to(device)
         out = nll_bpd(denoiser, x0, generator)
         for key in sums:
             sums[key] += out[key].sum().item()
+        terms += out["terms"].sum(dim=0).cpu()
     return {
         "nll_bpd": sums["total"] / n, "nll_prior_bpd": sums["prior"] / n, "nll_decoder_bpd": sums["decoder"] / n,
-        "nll_num_images": n,
+        "nll_num_images": n, "nll_terms_bpd": (terms / n).tolist(),
     }

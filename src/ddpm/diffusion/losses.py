@@ -33,13 +33,19 @@ class SimpleLoss:
             raise ConfigError(f"min_snr_gamma={min_snr_gamma!r} is not allowed: use a positive number or null")
         self.min_snr_gamma = min_snr_gamma
 
+    @staticmethod
+    def check(denoiser: Denoiser) -> None:
+        """A ConfigError when the denoiser has a learned variance, which L_simple does not train (the
+        module calls this when it is built, before any step)."""
+        if denoiser.learned:
+            raise ConfigError("loss=simple does not train a learned variance (denoiser.variance=learned_range): "
+                              "use loss=hybrid or loss=vlb, or a fixed variance with model.learn_sigma=false")
+
     def __call__(
         self, denoiser: Denoiser, x0: Tensor, generator: torch.Generator | None = None, cond: Any = None
     ) -> tuple[Tensor, Tensor]:
         """Per-sample losses (B,) and the timesteps t (B,) they were drawn at; math in float32."""
-        if denoiser.learned:
-            raise ConfigError("loss=simple does not train a learned variance (denoiser.variance=learned_range): "
-                              "use loss=hybrid or loss=vlb, or a fixed variance with model.learn_sigma=false")
+        self.check(denoiser)
         schedule, prediction = denoiser.schedule, denoiser.parameterization
         x0 = x0.float()  # (B, C, H, W)
         t, eps, x_t = _noised(denoiser, x0, generator)
@@ -89,13 +95,19 @@ class HybridLoss:
             raise ConfigError(f"lambda_vlb={lambda_vlb!r} is not allowed: use a number >= 0 (0.001 in Improved DDPM)")
         self.lambda_vlb = float(lambda_vlb)
 
+    @staticmethod
+    def check(denoiser: Denoiser) -> None:
+        """A ConfigError when the network has no variance channels to train (C outputs, a fixed variance)."""
+        if not denoiser.learned:
+            raise ConfigError(f"loss=hybrid trains a learned variance, but the network outputs C channels with "
+                              f"denoiser.variance={denoiser.variance}: set model.learn_sigma=true (2C output channels) "
+                              "and denoiser.variance=learned_range, or use loss=simple")
+
     def __call__(
         self, denoiser: Denoiser, x0: Tensor, generator: torch.Generator | None = None, cond: Any = None
     ) -> tuple[Tensor, Tensor]:
         """Per-sample losses (B,) and the timesteps t (B,) they were drawn at."""
-        if not denoiser.learned:
-            raise ConfigError(f"loss=hybrid trains a learned variance: it needs denoiser.variance=learned_range and "
-                              f"model.learn_sigma=true, not denoiser.variance={denoiser.variance}")
+        self.check(denoiser)
         schedule, x0 = denoiser.schedule, x0.float()  # (B, C, H, W)
         t, eps, x_t = _noised(denoiser, x0, generator)
         prediction, v = denoiser.split_output(denoiser.net_output(x_t, t, cond), x_t)  # (B, C, H, W) each

@@ -138,7 +138,9 @@ class DomainClassifier:
 
 
 def recipe_for(name: str) -> Recipe:
-    """The recipe of dataset ``name``, or a ConfigError naming the datasets that have one."""
+    """The recipe of dataset ``name`` (``<name>-heldout<N>``: of ``name``), or a ConfigError naming the datasets
+    that have one."""
+    name = name.split("-heldout")[0]
     if name not in RECIPES:
         raise ConfigError(f"no classifier for dataset {name!r}: the fd/accuracy metrics know {sorted(RECIPES)}")
     return RECIPES[name]

@@ -40,6 +40,7 @@ from ddpm.evaluation.npz import check_npz, load_npz, save_images_npz
 from ddpm.evaluation.reference import Shard, reference_from_file, reference_statistics
 from ddpm.evaluation.sampling import balanced_labels, generate_shard, shard_sizes
 from ddpm.plots.grid import image_grid
+from ddpm.plots.likelihood import bound_by_range, write_bound_terms
 from ddpm.runs.classifier_eval import check_classifier_request, classifier_eval, classifier_metrics_of
 from ddpm.runs.load import load_run
 from ddpm.runs.train import quiet_lightning
@@ -305,6 +306,9 @@ def evaluate(cfg: DictConfig, feature_extractor: Extractor | None = None) -> dic
     if scores and extractor is None:  # fails early without weights (in every process: before the launch)
         extractor = InceptionFeatures(cfg.inception_weights)
     loaded = load_run(cfg.ckpt_path, denoiser_changes(cfg)) if cfg.ckpt_path else None  # before the launch too
+    if "nll" in metrics and loaded and getattr(loaded[2], "autoencoder", None) is not None:  # module=latent
+        raise ConfigError("metrics=[nll] on a latent diffusion model would be bits/dim of its autoencoder's latents, "
+                          "not of images: leave nll out (measure fd, fid) for a module=latent run")
     fabric = launch(cfg)  # None: this one process
     shard = fabric_shard(fabric)
     device = fabric.device if fabric else torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -345,8 +349,13 @@ def evaluate(cfg: DictConfig, feature_extractor: Extractor | None = None) -> dic
         result.update(classifier_eval(cfg, metrics, images, labels, data_cfg))
     if "nll" in metrics:  # 3. the variational bound on test images, with the (possibly changed) denoiser
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
-        result.update(dataset_bpd(module.denoiser(use_ema=True), test_set, cfg.nll.num_images,
-                                  cfg.nll.batch_size, generator, device, cfg.progress))
+        bound = dataset_bpd(module.denoiser(use_ema=True), test_set, cfg.nll.num_images, cfg.nll.batch_size,
+                            generator, device, cfg.progress)
+        terms = bound.pop("nll_terms_bpd")  # (T,): the table and the figure; metrics.json gets 10 ranges of t
+        result.update(bound, nll_bpd_by_t_range=bound_by_range(terms))
+        result.update(write_bound_terms(terms, bound["nll_prior_bpd"], out_dir,
+                                        f"{cfg.ckpt_path}: {bound['nll_bpd']:.4f} bits/dim on {bound['nll_num_images']} "
+                                        f"test images, variance {module.denoiser().variance}"))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"{json.dumps({k: v for k, v in result.items() if k in SHOWN})}\nwritten to {out_dir}")

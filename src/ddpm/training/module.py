@@ -119,7 +119,8 @@ class DiffusionModule(L.LightningModule):
         self._noise: torch.Generator | None = None
         self._noise_step = -1  # the optimizer step the noise generator was last seeded for
         self._finite: Tensor | None = None  # this step's device-side finite flag
-        self.denoiser()  # a bad denoiser option fails here, before any training
+        denoiser = self.denoiser()  # a bad denoiser option fails here, before any training
+        getattr(loss, "check", lambda _: None)(denoiser)  # and a loss that cannot train this network's output
         if self.num_classes is not None:
             self.guided()  # and a bad guidance option
 
