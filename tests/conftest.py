@@ -1,11 +1,25 @@
-"""Shared helpers: run the real entry points in a subprocess, compose the real config."""
+"""Shared helpers: run the real entry points in a subprocess or in this process, compose the real config;
+and what keeps tests apart when pytest-xdist runs them in several worker processes at once."""
 
+import logging
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+# Under pytest-xdist (README's `-n 2` on a 2-core machine) each worker, and every process a test starts
+# (train.py, evaluate.py, DDP ranks), computes on one CPU thread: two workers with two threads each
+# only contend for the cores. Set before torch is first imported (the variables are read then), and
+# set again in case a plugin imported it earlier. No test depends on the thread count: the ones that
+# compare numbers across processes set one thread themselves.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -48,3 +62,44 @@ def compose_train(*overrides: str, tmp_path: Path, return_hydra_config: bool = F
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
         return compose("train", overrides=[f"paths.output_dir={tmp_path}", *overrides], return_hydra_config=return_hydra_config)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_caches(tmp_path_factory):
+    """The dataset-classifier and FID-reference caches of this test process (each xdist worker has its
+    own temporary folder): a test that does not name a cache directory never reads a user's
+    ``~/.cache/ddpm`` nor races another worker writing the same file there."""
+    root = tmp_path_factory.mktemp("caches")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DDPM_CLASSIFIER_CACHE", str(root / "classifier"))
+        mp.setenv("DDPM_FID_CACHE", str(root / "fid"))
+        yield root
+
+
+def run_here(script: str, *argv: str, monkeypatch, capfd) -> tuple[int, str, str]:
+    """``python <script> argv`` in this process: the real entry point run by ``runpy`` with ``sys.argv``
+    set, which is what the script does after its imports (tests/test_bad_input.py checks that exit code
+    and stderr match a real process); (exit code, stdout, stderr). Leaves logging, Hydra, the seed
+    variables and torch's thread count as it found them."""
+    import torch
+    from hydra.core.global_hydra import GlobalHydra
+
+    monkeypatch.setattr(sys, "argv", [str(ROOT / script), *argv])
+    for key in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):
+        monkeypatch.delenv(key, raising=False)  # seed_everything sets them
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    threads = torch.get_num_threads()  # experiment=toy_* sets one thread for its run
+    capfd.readouterr()
+    code = 0
+    try:
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+    except SystemExit as e:
+        code = e.code or 0
+    finally:
+        GlobalHydra.instance().clear()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        torch.set_num_threads(threads)
+    out, err = capfd.readouterr()
+    return code, out, err

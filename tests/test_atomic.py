@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, TINY, compose_train, run_train
+from conftest import ROOT, TINY, compose_train, run_here
 from ddpm.training import checkpoint_io
 from ddpm.training.checkpoint_io import AtomicCheckpointIO, is_complete, newest_complete, remove_orphans
 
@@ -153,10 +153,10 @@ def test_resume_from_a_damaged_only_checkpoint_is_one_config_error(tmp_path):
     assert resolve_resume(None) is None
 
 
-def test_train_resumes_from_the_previous_checkpoint_when_last_is_truncated(tmp_path):
+def test_train_resumes_from_the_previous_checkpoint_when_last_is_truncated(tmp_path, monkeypatch, capfd):
     from ddpm.runs.train import train
 
-    first = tmp_path / "first"  # trained in this process: only the resume's message needs the real command
+    first = tmp_path / "first"  # trained in this process; the resume through train.py's main (conftest.run_here)
     train(compose_train(*TINY, "trainer.max_steps=5", "callbacks.checkpoint.every_n_train_steps=2",
                         "callbacks.sample_grid=null", tmp_path=first))
     last = first / "checkpoints" / "last.ckpt"
@@ -164,7 +164,8 @@ def test_train_resumes_from_the_previous_checkpoint_when_last_is_truncated(tmp_p
     assert torch.load(last, weights_only=True)["global_step"] == 5
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a save cut short
     resumed = tmp_path / "resumed"
-    proc = run_train(resumed, f"ckpt_path={last}", "trainer.max_steps=6", "callbacks.sample_grid=null")
+    code, _, err = run_here("train.py", *TINY, f"hydra.run.dir={resumed}", f"ckpt_path={last}", "trainer.max_steps=6",
+                            "callbacks.sample_grid=null", monkeypatch=monkeypatch, capfd=capfd)
     fallback = first / "checkpoints" / "step_0000004.ckpt"
-    assert f"is damaged (not a complete checkpoint); resuming from {fallback}" in proc.stderr
+    assert code == 0 and f"is damaged (not a complete checkpoint); resuming from {fallback}" in err, err[-3000:]
     assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6

@@ -74,8 +74,12 @@ def test_callbacks_option_instantiates(name, tmp_path):
     cfg = compose_train(f"callbacks={name}", tmp_path=tmp_path)
     # a one-callback file gives the key of its name; default.yaml lists those files, fid.yaml adds one
     assert list(cfg.callbacks) == {"default": DEFAULT_CALLBACKS, "fid": [*DEFAULT_CALLBACKS, "fid"],
-                                  "classifier_metrics": [*DEFAULT_CALLBACKS, "classifier_metrics"]}.get(name, [name])
+                                  "classifier_metrics": [*DEFAULT_CALLBACKS, "classifier_metrics"],
+                                  "autoencoder": [*DEFAULT_CALLBACKS, "reconstructions"]}.get(name, [name])
     for key, node in cfg.callbacks.items():
+        if node is None:  # callbacks=autoencoder: reconstructions replace the sample grid
+            assert (name, key) == ("autoencoder", "sample_grid")
+            continue
         assert isinstance(instantiate(node), get_class(node._target_)), key
 
 
@@ -135,8 +139,18 @@ def test_experiment_composes_and_builds_its_module(name, tmp_path):
     from ddpm.runs.build import build_module
     from ddpm.training.module import DiffusionModule
 
-    cfg = compose_train(f"experiment={name}", tmp_path=tmp_path)
+    ae = []
+    if name.startswith("ldm_"):  # step 2 of latent diffusion needs an autoencoder of its data (random weights here)
+        from test_latent import save_autoencoder
+
+        ae = [f"module.autoencoder_ckpt={save_autoencoder(tmp_path / 'ae', 0, 'data=' + name.removeprefix('ldm_'))}"]
+    cfg = compose_train(f"experiment={name}", *ae, tmp_path=tmp_path)
     module = build_module(cfg)
+    if name.startswith("autoencoder_"):  # latent diffusion's first stage (module=autoencoder)
+        from ddpm.training.autoencoder_module import AutoencoderModule
+
+        assert isinstance(module, AutoencoderModule) and isinstance(module.autoencoder, get_class(cfg.model._target_))
+        return
     assert isinstance(module, DiffusionModule) and isinstance(module.net, get_class(cfg.model._target_))
     assert module.schedule.num_timesteps == cfg.schedule.num_timesteps and module.warmup_steps == cfg.module.warmup_steps
     assert_built_from(module.sampler, cfg.sampler)

@@ -107,7 +107,8 @@ def finish(proc: subprocess.Popen, log: Path) -> None:
 def ddp_jobs(tmp_path_factory):
     """Two 2-process CPU jobs, run side by side (each leaves a core idle while its second process starts):
 
-    - ``train.py trainer=ddp trainer.devices=2``: a conditional tiny run trained 2 steps, with the
+    - ``train.py trainer=ddp trainer.devices=2``: a conditional tiny run trained 2 steps (a sample grid
+      and a checkpoint at step 2), with the
       classifier-metrics callback (10 samples in chunks of 4: the ranks hold 8 and 2) and the FID
       callback with a stand-in extractor (6 samples in one chunk of 8: rank 1 holds none) at step 2;
     - ``evaluate.py devices=2`` of a conditional tiny checkpoint saved here (metrics=[fd,accuracy]; 20
@@ -133,7 +134,8 @@ def ddp_jobs(tmp_path_factory):
     jobs = [start(tmp, "train", "train.py", *TINY, f"hydra.run.dir={tmp / 'run'}",
                   "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
                   "trainer.benchmark=false", "trainer.max_steps=2", "model.num_classes=${data.num_classes}",
-                  "callbacks=classifier_metrics", "callbacks.checkpoint.every_n_train_steps=2", "callbacks.sample_grid=null",
+                  "callbacks=classifier_metrics", "callbacks.checkpoint.every_n_train_steps=2",
+                  "callbacks.sample_grid.every_n_steps=2",
                   "callbacks.classifier_metrics.every_n_steps=2", "callbacks.classifier_metrics.num_samples=10",
                   "callbacks.classifier_metrics.batch_size=4", "callbacks.classifier_metrics.sampler.steps=3",
                   "callbacks.classifier_metrics.seed=3", f"callbacks.classifier_metrics.cache_dir={tmp / 'classifier'}",
@@ -181,6 +183,17 @@ def test_the_callbacks_under_ddp_equal_one_process_on_the_same_weights(ddp_jobs)
     assert logged["val/fid_6"] == frechet_distance(stats.mu, stats.sigma, ref.mu, ref.sigma)
     single_ref = reference_statistics(trainer.datamodule, StandIn(), 64)
     assert np.allclose(ref.mu, single_ref.mu, rtol=0, atol=1e-13) and np.allclose(ref.sigma, single_ref.sigma, rtol=0, atol=1e-13)
+
+
+def test_the_ddp_run_writes_grid_and_checkpoint_once_and_reports_once(ddp_jobs):
+    tmp = ddp_jobs[0]
+    assert {p.name for p in (tmp / "run" / "samples").iterdir()} == {"step_0000002.png"}
+    assert {p.name for p in (tmp / "run" / "checkpoints").iterdir()} == {"last.ckpt", "step_0000002.ckpt"}
+    ckpt = torch.load(tmp / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2 and ckpt["state_dict"]["ema.n_averaged"].item() == 2  # one EMA update a step
+    log = (tmp / "train.log").read_text()
+    assert "Starting with 2 processes" in log, log[-3000:]  # a real 2-process job
+    assert log.count("run directory:") == 1  # rank zero reports once
 
 
 def test_evaluate_with_two_processes_equals_one_process(ddp_jobs):

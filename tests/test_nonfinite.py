@@ -5,7 +5,7 @@ import csv
 
 import pytest
 import torch
-from conftest import ROOT, run_train
+from conftest import TINY, run_here
 from torch import nn
 
 from ddpm.errors import ConfigError
@@ -74,16 +74,17 @@ def test_a_disabled_ema_update_changes_nothing_and_does_not_count():
     assert ema.n_averaged.item() == 2
 
 
-def test_a_run_whose_net_turns_nan_stops_with_one_line_and_keeps_finite_checkpoints(tmp_path):
+def test_a_run_whose_net_turns_nan_stops_with_one_line_and_keeps_finite_checkpoints(tmp_path, monkeypatch, capfd):
     # Finite for 6 steps, NaN from the 7th (global_step 6) on; 3 in a row stop it after the 9th step.
-    proc = run_train(
-        tmp_path, "model._target_=nan_net.NaNAfter", "+model.nan_after=6", "module.max_nonfinite_steps=3",
-        "trainer.max_steps=40", "callbacks.checkpoint.every_n_train_steps=2", "callbacks.sample_grid=null",
-        check=False, env={"PYTHONPATH": str(ROOT / "tests")},
+    # `python train.py ...` in this process (conftest.run_here), where tests/nan_net.py is importable
+    code, _, err = run_here(
+        "train.py", *TINY, f"hydra.run.dir={tmp_path}", "model._target_=nan_net.NaNAfter", "+model.nan_after=6",
+        "module.max_nonfinite_steps=3", "trainer.max_steps=40", "callbacks.checkpoint.every_n_train_steps=2",
+        "callbacks.sample_grid=null", monkeypatch=monkeypatch, capfd=capfd,
     )
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    last_line = proc.stderr.strip().splitlines()[-1]
+    assert code != 0
+    assert "Traceback" not in err, err[-3000:]
+    last_line = err.strip().splitlines()[-1]
     assert last_line.startswith("error: training stopped at step 9: the last 3 steps had a non-finite loss"), last_line
     assert "max_nonfinite_steps=3" in last_line
     ckpts = {p.name: torch.load(p, map_location="cpu", weights_only=False) for p in (tmp_path / "checkpoints").iterdir()}

@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY, compose_train, run_train
+from conftest import TINY, compose_train, run_here
 
 from ddpm.data.device_batches import DeviceBatches
 from ddpm.data.images import RandomHFlip, TensorImageDataset
@@ -102,21 +102,24 @@ def test_device_batches_resume_at_the_batch_after_the_last_served_with_the_same_
     assert len(list(other)) == 10
 
 
-def test_a_checkpoint_at_or_past_max_steps_is_one_line_naming_both_numbers(whole, tmp_path):
-    proc = run_train(tmp_path, *RUN, "trainer.max_steps=2", f"ckpt_path={whole / 'checkpoints' / 'step_0000004.ckpt'}",
-                     check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1] == (
+def test_a_checkpoint_at_or_past_max_steps_is_one_line_naming_both_numbers(whole, tmp_path, monkeypatch, capfd):
+    # `python train.py ...` in this process (conftest.run_here)
+    code, _, err = run_here("train.py", *TINY, f"hydra.run.dir={tmp_path}", *RUN, "trainer.max_steps=2",
+                            f"ckpt_path={whole / 'checkpoints' / 'step_0000004.ckpt'}", monkeypatch=monkeypatch, capfd=capfd)
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == (
         "error: ckpt_path= holds step 4 but trainer.max_steps=2: nothing is left to train; set trainer.max_steps above 4"
     )
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_new_optimizer_settings_apply_on_resume(whole, tmp_path):
-    proc = run_train(tmp_path, *RUN, "trainer.max_steps=10", "optimizer.lr=2.5e-4", "+optimizer.weight_decay=0.01",
-                     "+optimizer.betas=[0.8,0.99]", f"ckpt_path={whole / 'checkpoints' / 'step_0000008.ckpt'}")
-    assert "optimizer.lr=[0.00025] (the checkpoint has [0.001])" in proc.stdout + proc.stderr
-    assert "optimizer.weight_decay=0.01 (the checkpoint has 0)" in proc.stdout + proc.stderr
+def test_new_optimizer_settings_apply_on_resume(whole, tmp_path, monkeypatch, capfd):
+    code, out, err = run_here("train.py", *TINY, f"hydra.run.dir={tmp_path}", *RUN, "trainer.max_steps=10",
+                              "optimizer.lr=2.5e-4", "+optimizer.weight_decay=0.01", "+optimizer.betas=[0.8,0.99]",
+                              f"ckpt_path={whole / 'checkpoints' / 'step_0000008.ckpt'}", monkeypatch=monkeypatch, capfd=capfd)
+    assert code == 0, err[-3000:]
+    assert "optimizer.lr=[0.00025] (the checkpoint has [0.001])" in out + err
+    assert "optimizer.weight_decay=0.01 (the checkpoint has 0)" in out + err
     last = load(tmp_path / "checkpoints" / "last.ckpt")
     assert last["lr_schedulers"][0]["base_lrs"] == [2.5e-4]
     group = last["optimizer_states"][0]["param_groups"][0]

@@ -5,8 +5,6 @@ it does run where nothing guards it, then that it is refused with one line and t
 import pathlib
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF, ROOT, run_script, run_train
+from conftest import CONF, TINY, run_here
 from ddpm.errors import ConfigError
 from ddpm.evaluation.inception import InceptionFeatures, load_inception_state_dict
 from ddpm.runs.allowlist import ALLOWED_PACKAGES, checked_config, target_refusal
@@ -85,22 +83,26 @@ def test_read_checkpoint_gives_the_checkpoint_or_one_line(tmp_path):
     assert not marker.exists()
 
 
-def test_a_crafted_checkpoint_is_one_line_from_evaluate_py(tmp_path):
+# The entry points run in this process (conftest.run_here: runpy with sys.argv, as `python evaluate.py ...`
+# after its imports; tests/test_bad_input.py checks exit code and stderr against real processes).
+def test_a_crafted_checkpoint_is_one_line_from_evaluate_py(tmp_path, monkeypatch, capfd):
     run_dir, marker = clean_run(tmp_path), tmp_path / "marker"
     ckpt = payload_checkpoint(run_dir / "checkpoints" / "last.ckpt", marker)
-    proc = run_script("evaluate.py", f"ckpt_path={ckpt}", "metrics=[nll]", f"hydra.run.dir={tmp_path}/h", check=False)
-    assert proc.returncode == 2
-    assert one_line(proc.stderr).startswith(f"error: ckpt_path='{ckpt}' cannot be read as a checkpoint")
+    code, _, err = run_here("evaluate.py", f"ckpt_path={ckpt}", "metrics=[nll]", f"hydra.run.dir={tmp_path}/h",
+                            monkeypatch=monkeypatch, capfd=capfd)
+    assert code == 2
+    assert one_line(err).startswith(f"error: ckpt_path='{ckpt}' cannot be read as a checkpoint")
     assert not marker.exists()
 
 
-def test_resuming_from_a_crafted_checkpoint_runs_nothing_and_is_one_line(tmp_path):
+def test_resuming_from_a_crafted_checkpoint_runs_nothing_and_is_one_line(tmp_path, monkeypatch, capfd):
     marker = tmp_path / "marker"
     ckpt = payload_checkpoint(tmp_path / "evil" / "last.ckpt", marker)
-    proc = run_train(tmp_path / "out", f"ckpt_path={ckpt}", "trainer.max_steps=2", check=False)
-    assert proc.returncode == 2 and not marker.exists() and "Traceback" not in proc.stderr
+    code, _, err = run_here("train.py", *TINY, f"hydra.run.dir={tmp_path / 'out'}", f"ckpt_path={ckpt}",
+                            "trainer.max_steps=2", monkeypatch=monkeypatch, capfd=capfd)
+    assert code == 2 and not marker.exists() and "Traceback" not in err
     # the last line: Lightning's start-up lines ("Seed set to 0", "GPU available") may precede it
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: ckpt_path='{ckpt}' cannot be read as a checkpoint")
+    assert err.strip().splitlines()[-1].startswith(f"error: ckpt_path='{ckpt}' cannot be read as a checkpoint")
 
 
 # (where in config.yaml, the node put there): each would touch the marker, or load a file that does
@@ -180,15 +182,15 @@ def test_a_config_yaml_that_is_no_run_config_is_one_line(tmp_path, text, words):
     assert "\n" not in str(err.value)
 
 
-def test_a_forbidden_target_is_one_line_from_evaluate_py(tmp_path):
+def test_a_forbidden_target_is_one_line_from_evaluate_py(tmp_path, monkeypatch, capfd):
     run_dir, marker = clean_run(tmp_path), tmp_path / "marker"
     cfg = OmegaConf.load(run_dir / "config.yaml")
     cfg.model = {"_target_": "pathlib.Path.touch", "_args_": [str(marker)]}
     OmegaConf.save(cfg, run_dir / "config.yaml")
-    proc = run_script("evaluate.py", f"ckpt_path={run_dir}/checkpoints/last.ckpt", "metrics=[nll]",
-                      f"hydra.run.dir={tmp_path}/h", check=False)
-    assert proc.returncode == 2 and not marker.exists()
-    assert "model._target_='pathlib.Path.touch' is not allowed" in one_line(proc.stderr)
+    code, _, err = run_here("evaluate.py", f"ckpt_path={run_dir}/checkpoints/last.ckpt", "metrics=[nll]",
+                            f"hydra.run.dir={tmp_path}/h", monkeypatch=monkeypatch, capfd=capfd)
+    assert code == 2 and not marker.exists()
+    assert "model._target_='pathlib.Path.touch' is not allowed" in one_line(err)
 
 
 def test_every_target_the_project_configs_name_is_allowed():
@@ -247,15 +249,15 @@ def test_inception_weights_must_be_a_state_dict_of_tensors(tmp_path):
     assert "\n" not in str(err.value)
 
 
-def test_a_crafted_inception_file_is_one_line_from_evaluate_py(tmp_path):
+def test_a_crafted_inception_file_is_one_line_from_evaluate_py(tmp_path, monkeypatch, capfd):
     marker = tmp_path / "marker"
     weights = payload_weights(tmp_path, marker)
     np.savez(tmp_path / "s.npz", images=np.zeros((3, 8, 8, 1), np.uint8))
-    proc = subprocess.run([sys.executable, "evaluate.py", f"samples_path={tmp_path}/s.npz", f"inception_weights={weights}",
-                           f"reference_path={tmp_path}/s.npz", f"hydra.run.dir={tmp_path}/h"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and not marker.exists()
-    assert one_line(proc.stderr).startswith(f"error: inception_weights='{weights}' cannot be read as a state dict")
+    code, _, err = run_here("evaluate.py", f"samples_path={tmp_path}/s.npz", f"inception_weights={weights}",
+                            f"reference_path={tmp_path}/s.npz", f"hydra.run.dir={tmp_path}/h",
+                            monkeypatch=monkeypatch, capfd=capfd)
+    assert code == 2 and not marker.exists()
+    assert one_line(err).startswith(f"error: inception_weights='{weights}' cannot be read as a state dict")
 
 
 def test_the_real_inception_weights_give_the_same_network_as_torch_fidelity_loading_them():

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, TINY, run_train
+from conftest import ROOT, TINY, compose_train
 
 
 def start_train(run_dir, *overrides) -> subprocess.Popen:
@@ -20,7 +20,7 @@ def start_train(run_dir, *overrides) -> subprocess.Popen:
     )
 
 
-def wait_for(path, proc, timeout=120.0) -> None:
+def wait_for(path, proc, timeout=300.0) -> None:  # generous: a loaded machine starts Python slowly
     deadline = time.monotonic() + timeout
     while not path.exists():
         if proc.poll() is not None:
@@ -50,7 +50,11 @@ def test_signal_saves_at_the_stop_step_exits_nonzero_and_resumes(tmp_path, signu
 
     if signum == signal.SIGINT:
         return  # the resume is the same for both signals: checked once, after SIGTERM
-    # resumed into its own directory, the run keeps writing last.ckpt (not last-v1.ckpt beside a stale one)
-    run_train(run_dir, f"ckpt_path={last}", f"trainer.max_steps={step + 2}", "callbacks.sample_grid=null")
+    # resumed into its own directory, the run keeps writing last.ckpt (not last-v1.ckpt beside a stale one);
+    # in this process: the resume needs no signal
+    from ddpm.runs.train import train
+
+    train(compose_train(*TINY, f"ckpt_path={last}", f"trainer.max_steps={step + 2}", "callbacks.sample_grid=null",
+                        tmp_path=run_dir))
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == step + 2
     assert not list(last.parent.glob("last-v*.ckpt"))

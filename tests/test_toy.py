@@ -1,10 +1,11 @@
-"""2-D toy diffusion: datasets, the MLP denoiser, the distances, and a model trained by the real
-``train.py experiment=toy_spiral``, whose samples must land on the data."""
+"""2-D toy diffusion: datasets, the MLP denoiser, the distances, and a model trained with the real
+``experiment=toy_spiral`` config (``ddpm.runs.train.train``, what ``train.py`` calls), whose samples must
+land on the data."""
 
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import compose_train
 from ddpm.data.points import PointDataModule, gaussians8, moons, spiral, swiss_roll
 from ddpm.evaluation.point_distances import mmd, nn_distance
 from ddpm.nets.mlp import MLPDenoiser
@@ -69,17 +70,13 @@ def test_distances_are_zero_for_a_set_and_itself_and_grow_with_a_shift():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The toy_spiral experiment, shortened to 500 steps (the full run is 3,000), then loaded back."""
+    from ddpm.runs.train import train
+
     run_dir = tmp_path_factory.mktemp("toy_spiral")
-    run_script(
-        "train.py",
-        "experiment=toy_spiral",
-        "trainer.max_steps=500",
-        "callbacks.progress_bar.refresh_rate=0",
-        "logger=none",
-        f"hydra.run.dir={run_dir}",
-    )
+    threads = torch.get_num_threads()  # the experiment's CPUThreads callback sets one thread
+    train(compose_train("experiment=toy_spiral", "trainer.max_steps=500", "callbacks.progress_bar.refresh_rate=0",
+                        "logger=none", tmp_path=run_dir))  # in this process: no interpreter start
     _, _, module = load_run(run_dir / "checkpoints" / "last.ckpt")
-    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the experiment trains: faster for this tiny MLP
     yield run_dir, module
     torch.set_num_threads(threads)

@@ -1,4 +1,5 @@
-"""The real `train.py` end to end on CPU: train, checkpoint, resume, sample; bad input; DDP."""
+"""The real `train.py` end to end on CPU: train, checkpoint, resume, sample; bad input (the 2-process DDP run:
+tests/test_ddp_eval.py)."""
 
 import csv
 import logging
@@ -10,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import ROOT, compose_train, run_script, run_train
+from conftest import ROOT, TINY, compose_train, run_here, run_train
 
 # What Lightning prints on every run that a user cannot act on (ddpm.runs.train.quiet_lightning).
 NOISE = {
@@ -93,12 +94,14 @@ def test_throughput_is_logged_per_window(first_run):
 
 
 def test_resume_continues_step_ema_and_optimizer(first_run, tmp_path):
+    from ddpm.runs.train import train
+
     run_dir, _ = first_run
     first = load(run_dir / "checkpoints" / "last.ckpt")
-    run_train(
-        tmp_path, "trainer.max_steps=9", "callbacks.checkpoint.every_n_train_steps=3",
-        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "callbacks.sample_grid.every_n_steps=0",
-    )
+    train(compose_train(  # in this process: first_run is the real command
+        *TINY, "trainer.max_steps=9", "callbacks.checkpoint.every_n_train_steps=3",
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "callbacks.sample_grid.every_n_steps=0", tmp_path=tmp_path,
+    ))
     second = load(tmp_path / "checkpoints" / "last.ckpt")
     assert second["global_step"] == 9
     assert second["state_dict"]["ema.n_averaged"].item() == 9  # EMA restored and continued, not restarted
@@ -108,15 +111,17 @@ def test_resume_continues_step_ema_and_optimizer(first_run, tmp_path):
     assert (tmp_path / "samples" / "step_0000009.png").is_file()  # the final grid
 
 
-# Values are checked in-process by tests/test_bad_input.py; an unknown group option fails in Hydra itself.
+# Values are checked in-process by tests/test_bad_input.py; an unknown group option fails in Hydra itself
+# (train.py's main in this process: conftest.run_here).
 @pytest.mark.parametrize("overrides, message", [
     (["schedule=nope"], "Could not find 'schedule/nope'"),
 ])
-def test_bad_input_gets_one_clear_line(tmp_path, overrides, message):
-    proc = run_train(tmp_path, "trainer.max_steps=1", *overrides, check=False)
-    assert proc.returncode != 0
-    assert message in proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_bad_input_gets_one_clear_line(tmp_path, overrides, message, monkeypatch, capfd):
+    code, _, err = run_here("train.py", *TINY, f"hydra.run.dir={tmp_path}", "trainer.max_steps=1", *overrides,
+                            monkeypatch=monkeypatch, capfd=capfd)
+    assert code != 0
+    assert message in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -154,8 +159,9 @@ def test_empty_image_folder_is_named(tmp_path):
         instantiate(cfg.data).setup("fit")
 
 
-def test_help_lists_config_groups_and_options():
-    out = run_script("train.py", "--help").stdout
+def test_help_lists_config_groups_and_options(monkeypatch, capfd):
+    code, out, _ = run_here("train.py", "--help", monkeypatch=monkeypatch, capfd=capfd)
+    assert code == 0
     for line in ("schedule: cosine, linear, quadratic, scaled_linear, sigmoid", "trainer: cpu, ddp, default, gpu",
                  "logger: csv, none, tensorboard, wandb"):
         assert line in out
@@ -247,13 +253,4 @@ def test_lightning_noise_is_silenced_at_its_source_and_real_warnings_stay(tmp_pa
     assert [NOISE["srun hint"] in str(w.message) for w in caught] == [True]
 
 
-@pytest.mark.slow
-def test_ddp_two_processes_on_cpu(tmp_path):
-    proc = run_train(
-        tmp_path, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
-        "trainer.max_steps=4", "callbacks.checkpoint.every_n_train_steps=2", "callbacks.sample_grid.every_n_steps=2",
-    )
-    assert {p.name for p in (tmp_path / "samples").iterdir()} == {"step_0000002.png", "step_0000004.png"}
-    ckpt = load(tmp_path / "checkpoints" / "last.ckpt")
-    assert ckpt["global_step"] == 4 and ckpt["state_dict"]["ema.n_averaged"].item() == 4
-    assert proc.stdout.count("run directory:") == 1  # rank zero reports once
+# A 2-process DDP training (grids, checkpoint, one report) runs in tests/test_ddp_eval.py's ddp_jobs.

@@ -19,6 +19,7 @@ DATA_SHAPES = {
     "unet_mnist_cpu": (2, 1, 28),
     "unet_small": (2, 1, 8),
     "unet_tiny": (2, 1, 8),
+    "unet_latent": (2, 4, 8),  # the 4x8x8 latents of an f=4 autoencoder on 28x28 (padded to 32) images
 }
 
 

@@ -16,6 +16,8 @@ from ddpm.evaluation.inception import Extractor, extract_features
 
 INCEPTION_METRICS = ("fid", "kid", "is")
 METRICS = (*INCEPTION_METRICS, "nll", "fd", "accuracy")  # fd, accuracy: the CPU classifier metrics (classifier_metrics.py)
+# an autoencoder checkpoint (issue 15): reconstruction PSNR, and FD / FID / KID / accuracy of its reconstructions
+AUTOENCODER_METRICS = ("psnr", "fd", "accuracy", "fid", "kid")
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -69,12 +71,19 @@ def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def check_metrics(names) -> list[str]:
-    """The metric names as a list, or a ConfigError naming the unknown ones."""
+def check_metrics(names, autoencoder: bool = False) -> list[str]:
+    """The metric names as a list, or a ConfigError naming the unknown ones; ``autoencoder``: of an
+    autoencoder checkpoint (``AUTOENCODER_METRICS``), where psnr is measured and samples are not."""
     names = list(names)
-    bad = [n for n in names if n not in METRICS]
+    allowed, other = (AUTOENCODER_METRICS, METRICS) if autoencoder else (METRICS, AUTOENCODER_METRICS)
+    bad = [n for n in names if n not in allowed]
+    if bad and all(n in other for n in bad):  # a metric of the other kind of checkpoint
+        what = ("this checkpoint is an autoencoder (module=autoencoder): it reconstructs, it does not sample"
+                if autoencoder else "psnr measures an autoencoder's reconstructions: give the checkpoint of an "
+                "autoencoder run (module=autoencoder)")
+        raise ConfigError(f"metrics={names} is not allowed: {bad}; {what}; choose from {list(allowed)}")
     if bad:
-        raise ConfigError(f"metrics={names} is not allowed: {bad} unknown; choose from {list(METRICS)}")
+        raise ConfigError(f"metrics={names} is not allowed: {bad} unknown; choose from {list(allowed)}")
     return names
 
 

@@ -50,7 +50,8 @@ def shard_sizes(num_samples: int, batch_size: int, world: int) -> list[int]:
 
 
 def _empty(module) -> np.ndarray:
-    return np.zeros((0, *module.sample_shape[1:], module.sample_shape[0]), np.uint8)
+    c, *hw = getattr(module, "image_shape", module.sample_shape)  # a latent model's samples are decoded images
+    return np.zeros((0, *hw, c), np.uint8)
 
 
 @torch.no_grad()

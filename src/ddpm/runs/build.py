@@ -6,6 +6,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm.errors import ConfigError
+from ddpm.runs.build_autoencoder import build_autoencoder_module, is_autoencoder_config
 from ddpm.training.module import DiffusionModule
 
 
@@ -16,11 +17,16 @@ def build_module(cfg: DictConfig, datamodule=None) -> DiffusionModule:
     ``module.sample_shape: null`` takes the shape of one sample from the datamodule (built from
     ``cfg.data`` when not given; nothing is read from disk).
     """
+    if is_autoencoder_config(cfg):  # module=autoencoder: latent diffusion's first stage
+        return build_autoencoder_module(cfg, datamodule)
     check_conditional_data(cfg)
     shape = cfg.module.get("sample_shape")
     if shape is None:
         shape = (datamodule if datamodule is not None else instantiate(cfg.data)).sample_shape
     text_encoder, model_args = build_text_encoder(cfg)
+    latent = build_latent(cfg, shape, model_args)  # module=latent: the frozen autoencoder; {} otherwise
+    if latent:
+        shape = latent["autoencoder_info"]["latent_shape"]  # the diffusion runs on (c, h, w) latents
     return instantiate(
         cfg.module,
         _convert_="all",  # plain lists in the hyperparameters, so checkpoints load with weights_only
@@ -33,7 +39,38 @@ def build_module(cfg: DictConfig, datamodule=None) -> DiffusionModule:
         sampler=instantiate(cfg.sampler),
         optimizer=instantiate(cfg.optimizer),
         guidance=instantiate(cfg.guidance) if cfg.get("guidance") else None,  # runs from before guidance: None
+        **latent,
     )
+
+
+def build_latent(cfg: DictConfig, image_shape, model_args: dict) -> dict:
+    """For ``module=latent`` (a module config with ``autoencoder_ckpt``): the module's ``autoencoder``,
+    ``autoencoder_info`` and ``image_shape`` (the data's), the frozen autoencoder loaded by
+    ``ddpm.runs.autoencoder_load.load_autoencoder``; ``{}`` for any other module.
+
+    ``module.autoencoder_ckpt`` becomes the resolved path in ``cfg`` itself, so the run's saved config
+    names the file wherever it is evaluated from. The network takes the latents: ``model.in_channels``
+    and ``model.image_size`` set to null are filled in from the latent shape (c, h, w) (into
+    ``model_args``); values that differ from it are a ConfigError.
+    """
+    if "autoencoder_ckpt" not in cfg.module.keys():  # (`in` alone is False for a missing ??? value)
+        return {}
+    if OmegaConf.is_missing(cfg.module, "autoencoder_ckpt") or not cfg.module.autoencoder_ckpt:
+        raise ConfigError("module=latent needs module.autoencoder_ckpt=RUN/checkpoints/last.ckpt, the checkpoint of an "
+                          "autoencoder run (python train.py experiment=autoencoder_mnist)")
+    from ddpm.runs.autoencoder_load import load_autoencoder  # imports ddpm.runs.load, which imports this module
+
+    autoencoder, info = load_autoencoder(cfg.module.autoencoder_ckpt)
+    cfg.module.autoencoder_ckpt = info["path"]
+    c, h, w = info["latent_shape"]
+    for key, value in (("in_channels", c), ("image_size", h)):
+        given = cfg.model.get(key, value)
+        if given is None:
+            model_args[key] = value
+        elif given != value:
+            raise ConfigError(f"model.{key}={given} but the autoencoder's latents are {c}x{h}x{w} (module.autoencoder_ckpt="
+                              f"{info['path']}): set model.{key}={value}, or null to take it from the autoencoder")
+    return {"autoencoder": autoencoder, "autoencoder_info": info, "image_shape": list(image_shape)}
 
 
 def build_text_encoder(cfg: DictConfig):

@@ -42,6 +42,7 @@ from ddpm.evaluation.sampling import balanced_labels, generate_shard, shard_size
 from ddpm.plots.grid import image_grid
 from ddpm.plots.likelihood import bound_by_range, write_bound_terms
 from ddpm.runs.classifier_eval import check_classifier_request, classifier_eval, classifier_metrics_of
+from ddpm.runs.evaluate_autoencoder import evaluate_autoencoder, is_autoencoder_checkpoint
 from ddpm.runs.load import load_run
 from ddpm.runs.train import quiet_lightning
 from ddpm.runs.validate import validate_evaluate_config
@@ -296,6 +297,8 @@ def evaluate(cfg: DictConfig, feature_extractor: Extractor | None = None) -> dic
     ``cfg.inception_weights`` when None and a sample metric is asked for. Under ``devices=N`` every
     process samples its share and returns ``{}``, except rank 0, which scores, writes and returns.
     """
+    if cfg.get("ckpt_path") and is_autoencoder_checkpoint(cfg.ckpt_path):  # issue 15: reconstructions, not samples
+        return evaluate_autoencoder(cfg, feature_extractor)
     metrics = check_request(cfg)
     scores = [m for m in metrics if m in INCEPTION_METRICS]  # the Inception metrics of samples
     # --- CPU classifier metrics (issue 11; ddpm.runs.classifier_eval): fd, accuracy need no Inception ---

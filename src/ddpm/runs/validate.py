@@ -115,6 +115,14 @@ def checkpoint_or_auto(v, cfg) -> str | None:
     return None if missing is None else f"auto or {missing}"
 
 
+def perceptual_weights(v, cfg) -> str | None:
+    """``module.perceptual_path`` of an autoencoder with ``perceptual_weight > 0``: an existing file of VGG-16 weights."""
+    if not OmegaConf.select(cfg, "module.perceptual_weight", default=0):
+        return None
+    missing = existing_file(v, cfg)
+    return None if missing is None else f"{missing}: local VGG-16 weights, as module.perceptual_weight > 0"
+
+
 def wandb_project(v, cfg) -> str | None:
     """``logger.project`` of ``logger=wandb``: a name W&B accepts, or null (``$WANDB_PROJECT``)."""
     from ddpm.training.wandb_run import PROJECT_ALLOWED, is_project
@@ -141,6 +149,21 @@ TRAIN: tuple[tuple[str, Check], ...] = (
     ("module.warmup_steps", integer(0)),
     ("module.ema_decay", number(0, high=1, what="a number from 0 to 1 such as 0.999")),
     ("module.max_nonfinite_steps", integer(1)),
+    # module=autoencoder (issue 15)
+    ("module.reconstruction", one_of("l1", "l2")),
+    ("module.kl_weight", number(0, what="a number >= 0 (LDM: 1e-6; 1e-6 to 1e-3 usual)")),
+    ("module.perceptual_weight", number(0)),
+    ("module.perceptual_path", perceptual_weights),
+    ("module.disc_start", integer(0, what="an integer >= 0 (the step the discriminator starts at)")),
+    ("module.disc_weight", number(0)),
+    ("module.cosine_decay", boolean),
+    # module=latent (issue 15); a missing module.autoencoder_ckpt (???) is named where the module is built
+    ("module.autoencoder_ckpt", existing_file),
+    ("module.scale_factor", lambda v, cfg: None if v == "auto" or number(0, inclusive=False)(v, cfg) is None
+        else "auto (1/std of the training latents) or a number > 0 such as 0.18215"),
+    ("module.scale_images", integer(2)),
+    ("module.cache_latents", one_of(True, False, "auto")),
+    ("module.max_cache_bytes", integer(0)),
     ("trainer.max_steps", lambda v, cfg: None if v == -1 or integer(1)(v, cfg) is None
         else "an integer >= 1, or -1 (no step limit: trainer.max_epochs decides)"),
     ("trainer.log_every_n_steps", integer(1)),

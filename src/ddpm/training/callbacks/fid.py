@@ -43,7 +43,7 @@ def lightning_shard(trainer: L.Trainer, pl_module: L.LightningModule) -> Shard:
 
 def blank_image(pl_module) -> np.ndarray:
     """One black uint8 (1, H, W, C) image of the module's sample shape (C, H, W)."""
-    c, h, w = pl_module.sample_shape
+    c, h, w = getattr(pl_module, "image_shape", pl_module.sample_shape)  # a latent model's samples are decoded images
     return np.zeros((1, h, w, c), np.uint8)
 
 
