@@ -64,6 +64,18 @@ def compose_train(*overrides: str, tmp_path: Path, return_hydra_config: bool = F
         return compose("train", overrides=[f"paths.output_dir={tmp_path}", *overrides], return_hydra_config=return_hydra_config)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module (``pytestmark = pytest.mark.usefixtures("one_thread")``): a second
+    thread only adds contention on the shared 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def private_caches(tmp_path_factory):
     """The dataset-classifier and FID-reference caches of this test process (each xdist worker has its

@@ -17,12 +17,7 @@ from ddpm.nets.autoencoder import KLAutoencoder, weights_digest
 from ddpm.training.autoencoder_loss import adaptive_weight, hinge_d_loss, reconstruction_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a second thread only adds contention on the shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for the module
 
 
 def small(in_channels=1, image_size=28, **kw) -> KLAutoencoder:

@@ -39,12 +39,7 @@ def save_autoencoder(run_dir, seed: int, *overrides: str) -> str:
     return str(run_dir / "checkpoints" / "last.ckpt")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a second thread only adds contention on the shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for the module
 
 
 @pytest.fixture(scope="module")
