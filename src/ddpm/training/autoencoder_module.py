@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ddpm.errors import ConfigError
 from ddpm.nets.autoencoder import KLAutoencoder
+from ddpm.training.checkpoint_load import check_steps_left
 from ddpm.training.autoencoder_loss import (Perceptual, adaptive_weight, check_autoencoder_loss_options, hinge_d_loss,
                                             reconstruction_loss)
 
@@ -129,13 +130,7 @@ class AutoencoderModule(L.LightningModule):
         return None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        try:
-            trainer = self.trainer
-        except RuntimeError:  # loaded outside a Trainer: nothing to check
-            return
-        if trainer.training and 0 <= trainer.max_steps <= checkpoint["global_step"]:
-            raise ConfigError(f"ckpt_path= holds step {checkpoint['global_step']} but trainer.max_steps="
-                              f"{trainer.max_steps}: nothing is left to train; set trainer.max_steps above it")
+        check_steps_left(self, checkpoint)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.autoencoder.parameters())

@@ -17,6 +17,19 @@ import torch
 from ddpm.errors import ConfigError
 
 
+def check_steps_left(module, checkpoint: dict) -> None:
+    """A ConfigError when a fit resumes from a checkpoint at or past ``trainer.max_steps`` (called from a
+    LightningModule's ``on_load_checkpoint``; nothing to check when loaded outside a Trainer)."""
+    try:
+        trainer = module.trainer
+    except RuntimeError:  # loaded outside a Trainer (load_run, load_autoencoder)
+        return
+    step = checkpoint["global_step"]
+    if trainer.training and 0 <= trainer.max_steps <= step:
+        raise ConfigError(f"ckpt_path= holds step {step} but trainer.max_steps={trainer.max_steps}: "
+                          f"nothing is left to train; set trainer.max_steps above {step}")
+
+
 def refusal(error: Exception) -> str:
     """What ``torch.load(weights_only=True)`` refused, in a few words (torch's message is a page)."""
     found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))

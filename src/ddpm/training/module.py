@@ -26,6 +26,7 @@ from ddpm.diffusion.denoiser import Denoiser
 from ddpm.diffusion.guidance import ClassifierFreeGuidance, check_labels, check_scale
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import ConfigError
+from ddpm.training.checkpoint_load import check_steps_left
 from ddpm.training.ema import make_ema
 from ddpm.training.loss_log import LossByTimestep
 from ddpm.training.nonfinite import NonFiniteGuard
@@ -333,15 +334,7 @@ class DiffusionModule(L.LightningModule):
             self.nonfinite.load_state_dict(checkpoint["nonfinite_steps"])
         if self.text is not None and "null_prompt" in checkpoint:
             self.text.set_null((checkpoint["null_prompt"]["embeddings"], checkpoint["null_prompt"]["mask"]))
-        try:
-            trainer = self.trainer
-        except RuntimeError:  # loaded outside a Trainer (load_run): nothing to check
-            return
-        if trainer.training and 0 <= trainer.max_steps <= checkpoint["global_step"]:
-            raise ConfigError(
-                f"ckpt_path= holds step {checkpoint['global_step']} but trainer.max_steps={trainer.max_steps}: "
-                f"nothing is left to train; set trainer.max_steps above {checkpoint['global_step']}"
-            )
+        check_steps_left(self, checkpoint)
 
     def on_train_start(self) -> None:
         """On a resume, apply the optimizer settings of the config where they differ from the
