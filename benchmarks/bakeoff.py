@@ -49,10 +49,15 @@ from bakeoff_contenders import IMPORTS, PEERS, Contender, Setup, build_ours, our
 from ddpm.data.pixels import from_uint8, to_uint8  # noqa: E402
 
 CONFIDENT = 0.9
-# Our recipes per device (the repo's recommendations), each with the sampler its samples are scored with.
+# Our recipes per device (the repo's recommendations), each with the sampler its samples are scored with; the
+# first one's network sets the parameter count every peer is matched to.
+DPM20 = ["sampler=dpm_solver", "sampler.steps=20"]
 OURS = {
-    "cpu": [("ours (mnist_cpu)", ["experiment=mnist_cpu"], ["sampler=dpm_solver", "sampler.steps=20"])],
-    "cuda": [("ours (mnist)", ["experiment=mnist", "logger=csv"], ["sampler=dpm_solver", "sampler.steps=20"])],
+    "cpu": [("ours (mnist_cpu)", ["experiment=mnist_cpu"], []),  # its own sampler: ancestral DDPM, 50 steps
+            ("ours (mnist_cpu_ddpm: before)", ["experiment=mnist_cpu_ddpm"], ["sampler=ddpm", "sampler.steps=50"])],
+    "cuda": [("ours (mnist, v, min-SNR, cosine)", ["experiment=mnist", "denoiser.prediction_type=v",
+                                                    "loss.min_snr_gamma=5", "schedule=cosine"], DPM20),
+             ("ours (mnist)", ["experiment=mnist"], DPM20)],
     "quick": [("ours (quick)", ["model=unet_tiny", "module.warmup_steps=5"], ["sampler=dpm_solver", "sampler.steps=5"])],
 }
 SYSTEMS = ("ours", "diffusers", "lucidrains", "kdiffusion")
@@ -82,6 +87,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="a recipe of ours as train.py overrides (repeat for more rows; default: the device's recipe); "
                         "sampler overrides are those of the scored samples")
     p.add_argument("--fid", action="store_true", help="also Inception FID (needs $DDPM_INCEPTION_WEIGHTS; slow on a CPU)")
+    p.add_argument("--save-runs", action="store_true",
+                   help="save each of our rows as a run (config.yaml, checkpoints/last.ckpt) that evaluate.py and "
+                        "benchmarks/sampler_probe.py load")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output folder (default: outputs/bakeoff/<date>)")
     p.add_argument("--quick", action="store_true", help="digits, small networks, 1 s a row: a smoke test of every system")
@@ -210,6 +218,8 @@ def train_and_score(c: Contender, data: torch.Tensor, max_value: float, args, ev
     loss_curve = torch.stack(losses).float().cpu()
     window = max(1, len(loss_curve) // 50)
     np.savez_compressed(out / f"{slug(c.name)}.npz", images=samples)
+    if args.save_runs and c.config is not None:
+        save_run(c, out / slug(c.name), step)
     return {
         "name": c.name, "system": c.system, "setting": c.setting, "params": c.params, "sampler": c.sampler,
         "nfe": c.nfe, "recipe": c.recipe, "steps": step, "train_seconds": elapsed,
@@ -220,25 +230,32 @@ def train_and_score(c: Contender, data: torch.Tensor, max_value: float, args, ev
     }
 
 
+def save_run(c: Contender, run_dir: Path, step: int) -> None:
+    """Our row as a run directory: its composed config and a checkpoint of the module's weights."""
+    from omegaconf import OmegaConf
+
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(c.config, run_dir / "config.yaml")
+    torch.save({"state_dict": c.handle.state_dict(), "global_step": step}, run_dir / "checkpoints" / "last.ckpt")
+
+
 def slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in name).strip("_").lower()
 
 
 # ---- the run ---------------------------------------------------------------------------------------------
 def rows_for(args, mode: str):
-    """(name, builder(setup, total_steps) -> Contender, system, setting) for each row, ours first."""
-    rows = []
+    """(name, builder(setup, total_steps, layout) -> Contender, system, setting) for each row: our first recipe,
+    the peers, then our other recipes."""
+    ours = []
     if "ours" in args.systems:
         recipes = OURS[mode] if not args.ours else [(None, [o for o in r if not o.startswith("sampler")],
                                                      [o for o in r if o.startswith("sampler")]) for r in args.ours]
         for name, recipe, sampler in recipes:
-            rows.append((name, functools.partial(_ours, recipe=recipe, name=name, sampler=sampler), "ours", "recipe"))
-    for system in args.systems:
-        if system == "ours":
-            continue
-        for setting in args.settings:
-            rows.append((f"{system} ({setting})", functools.partial(_peer, system=system, setting=setting), system, setting))
-    return rows
+            ours.append((name, functools.partial(_ours, recipe=recipe, name=name, sampler=sampler), "ours", "recipe"))
+    peers = [(f"{system} ({setting})", functools.partial(_peer, system=system, setting=setting), system, setting)
+             for system in args.systems if system != "ours" for setting in args.settings]
+    return ours[:1] + peers + ours[1:]
 
 
 def _ours(setup: Setup, total_steps, layout, recipe, name, sampler) -> Contender:
@@ -306,6 +323,7 @@ def run_dataset(name: str, args, device: torch.device, out: Path) -> dict:
             steps_reached[system] = result["steps"]
         results.append(result)
         del contender
+        (out / f"partial_{name}.json").write_text(json.dumps(results, indent=1))  # a cut-short run keeps its rows
     floor, curve_floor = evaluator.floor(args.num_samples), evaluator.floor(args.curve_samples)
     return {"data": name, "image_size": dm.image_size, "train_images": len(data), "floor": floor, "curve_floor": curve_floor,
             "classifier": {k: evaluator.classifier.info.get(k) for k in ("test_accuracy", "floor_fd", "test_count")},

@@ -57,6 +57,7 @@ class Contender:
     nfe: int  # network evaluations per sampled image
     recipe: dict = field(default_factory=dict)  # optimizer, LR schedule, EMA, loss... as run
     handle: object = None  # the system's own top-level object (module, pipeline, GaussianDiffusion, Denoiser)
+    config: object = None  # ours: the composed train config (to save the row as a run evaluate.py can load)
 
     @property
     def params(self) -> int:
@@ -183,7 +184,7 @@ def build_ours(setup: Setup, recipe: list[str], name: str | None = None, sampler
                     lr_decay="none", ema=f"{module.hparams.ema_decay} (warm-up (1+n)/(10+n))",
                     loss=type(module.loss).__name__, prediction=cfg.denoiser.prediction_type,
                     schedule=cfg.schedule._target_.rsplit(".", 1)[-1], clip=clip, precision="bf16" if bf16 else "fp32"),
-        handle=module,
+        handle=module, config=cfg,
     )
 
 

@@ -11,6 +11,10 @@ with the raw weights beside the EMA's; ``--no-clip`` every cell without clipping
 ``probe.json`` and one grid per cell into ``--out`` (default ``<run>/probe``).
 
 A cell is ``sampler:steps[:key=value...]``, e.g. ``ddim:50:spacing=trailing``, ``ddpm:1000``.
+
+``--x0-error`` adds the denoiser's error on real images: for test images x0 noised to x_t at ten timesteps,
+the RMS of x0_hat - x0 before clipping, and the share of x0_hat's pixels beyond +-1.1 (what clipping
+cuts): where a prediction type's x0_hat goes wrong, and whether only at high noise.
 """
 
 from __future__ import annotations
@@ -50,10 +54,36 @@ def background(images: torch.Tensor) -> float:
     return flat[:, : flat.shape[1] // 2].mean().item()
 
 
+@torch.no_grad()
+def x0_errors(module, cfg, seed: int, count: int = 256) -> list[dict]:
+    """RMS of x0_hat - x0 (unclipped) and the share of x0_hat beyond +-1.1, for ``count`` test images noised
+    to x_t = sqrt(abar) x0 + sqrt(1 - abar) eps at ten timesteps (the EMA weights)."""
+    from hydra.utils import instantiate
+
+    dm = instantiate(cfg.data)
+    test = dm.build_dataset(**dm.dataset_kwargs, train=False)
+    x0 = torch.stack([test[i][0] for i in range(count)])  # (N, C, H, W) in [-1, 1]
+    denoiser = module.denoiser(use_ema=True).replace(clip_denoised=False)
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    T = module.schedule.num_timesteps
+    for t_int in [0, T // 10, 2 * T // 10, 3 * T // 10, 4 * T // 10, 5 * T // 10, 6 * T // 10, 7 * T // 10,
+                  8 * T // 10, T - 1]:
+        t = torch.full((count,), t_int, dtype=torch.long)
+        abar = module.schedule.abar(t_int)
+        x_t = abar**0.5 * x0 + (1 - abar) ** 0.5 * torch.randn(x0.shape, generator=g)
+        x0_hat = denoiser(x_t, t).x0
+        rows.append({"t": t_int, "abar": abar, "rms": (x0_hat - x0).square().mean().sqrt().item(),
+                     "outside": (x0_hat.abs() > 1.1).double().mean().item()})
+        print(f"t={t_int:4d} abar={abar:.2e}  x0_hat - x0 RMS {rows[-1]['rms']:8.3f}  beyond +-1.1 "
+              f"{rows[-1]['outside']:.3f}", flush=True)  # beyond +-1.1: what clipping cuts, not float noise at -1
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("ckpt")
-    p.add_argument("--cells", nargs="+", default=["ddim:50", "ddim:50:eta=1", "dpm_solver:20", "ddpm:100"])
+    p.add_argument("--cells", nargs="*", default=["ddim:50", "ddim:50:eta=1", "dpm_solver:20", "ddpm:100"])
     p.add_argument("--num-samples", type=int, default=500)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--raw", action="store_true", help="each cell also with the raw weights")
@@ -61,6 +91,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None)
+    p.add_argument("--x0-error", action="store_true", help="the EMA denoiser's x0 error on noised test images by t")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -104,7 +135,9 @@ def main(argv=None) -> int:
                 save_image(image_grid(images[:64], nrow=8), out / f"{name}.png")
                 print(f"{spec:28s} {row['weights']:4s} clip={clip!s:5s} FD {row['fd']:8.2f}  confident "
                       f"{row['confident']:.3f}  background {row['background']:+.3f}  ({seconds:.0f} s)", flush=True)
-    (out / "probe.json").write_text(json.dumps({"ckpt": args.ckpt, "num_samples": args.num_samples, "rows": rows}, indent=1))
+    errors = x0_errors(module, cfg, args.seed) if args.x0_error else None
+    (out / "probe.json").write_text(json.dumps({"ckpt": args.ckpt, "num_samples": args.num_samples, "rows": rows,
+                                               "x0_error": errors}, indent=1))
     return 0
 
 

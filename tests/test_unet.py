@@ -132,6 +132,42 @@ def test_runs_under_bf16_autocast(tiny: UNet) -> None:
     assert out.shape == x.shape and torch.isfinite(out).all()
 
 
+# --- patch_size: space-to-depth in, depth-to-space out ----------------------------------------------------
+
+@pytest.mark.parametrize("learn_sigma", [False, True])
+def test_a_patch_size_2_net_is_the_plain_net_on_folded_pixels(learn_sigma: bool) -> None:
+    """UNet(28, C, patch_size=2)(x) = pixel_shuffle(UNet(14, 4C)(pixel_unshuffle(x))) with the same weights:
+    the patches are folded into channels in front of the net and unfolded after it, nothing else."""
+    kwargs = dict(base_channels=32, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(7,), dropout=0.0,
+                  learn_sigma=learn_sigma)
+    patched = randomised(UNet(28, 1, patch_size=2, **kwargs)).eval()
+    plain = UNet(14, 4, **kwargs).eval()
+    plain.load_state_dict(patched.state_dict())  # the same parameter names and shapes
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([0, 500, 999])
+    with torch.no_grad():
+        out = patched(x, t)
+        folded = torch.stack([x[:, 0, i::2, j::2] for i in range(2) for j in range(2)], 1)  # (3, 4, 14, 14) by hand
+        expected = plain(folded, t)  # (3, 4 or 8, 14, 14)
+    assert out.shape == (3, 2 if learn_sigma else 1, 28, 28)
+    for c in range(out.shape[1]):
+        for k, (i, j) in enumerate((i, j) for i in range(2) for j in range(2)):
+            torch.testing.assert_close(out[:, c, i::2, j::2], expected[:, 4 * c + k], rtol=0, atol=0)
+
+
+def test_patch_size_1_is_the_plain_net() -> None:
+    torch.manual_seed(0)
+    a = build("unet_tiny")
+    torch.manual_seed(0)
+    b = build("unet_tiny", patch_size=1)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("patch_size", [0, 3, 2.0, True])
+def test_a_patch_size_that_does_not_divide_the_image_is_one_line(patch_size) -> None:
+    with pytest.raises(ConfigError, match=r"model.patch_size=.* divides image_size=28"):
+        UNet(28, 1, 32, (1, 2), 1, (7,), 0.0, patch_size=patch_size)
+
+
 # --- text conditioning: cross-attention to a prompt (context_dim) ------------------------------------
 
 from ddpm.nets.unet import CrossAttnBlock  # noqa: E402

@@ -163,6 +163,11 @@ class UNet(nn.Module):
         learn_sigma: output 2C channels, the usual prediction and then the v of a learned reverse
             variance (Nichol & Dhariwal 2021; ``Denoiser(variance="learned_range")``). False: the plain
             net, its parameters and initial weights unchanged.
+        patch_size: p > 1 folds each p x p patch of pixels into channels before the first conv (space-to-depth,
+            ``pixel_unshuffle``: (C, H, W) -> (C p^2, H/p, W/p)) and unfolds the output conv's C p^2 channels
+            back (``pixel_shuffle``), the patchify of ViT/DiT in front of a U-Net: every layer runs at 1/p of
+            the resolution, p^2 fewer FLOPs for nearly the same parameters. ``attn_resolutions`` and the
+            downsampling count from image_size / p. 1 (the default): the plain net, unchanged.
     """
 
     def __init__(
@@ -177,18 +182,23 @@ class UNet(nn.Module):
         num_classes: int | None = None,
         context_dim: int | None = None,
         learn_sigma: bool = False,
+        patch_size: int = 1,
     ) -> None:
         super().__init__()
         channel_mult, attn_resolutions = tuple(channel_mult), tuple(attn_resolutions)
-        _validate(image_size, in_channels, base_channels, channel_mult, num_res_blocks, attn_resolutions, dropout)
+        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1 or image_size % patch_size:
+            raise ConfigError(f"model.patch_size={patch_size!r} is not allowed: use 1 (no patches) or a positive "
+                              f"integer that divides image_size={image_size}, e.g. 2")
+        p = self.patch_size = patch_size
+        _validate(image_size // p, in_channels, base_channels, channel_mult, num_res_blocks, attn_resolutions, dropout)
         self.image_size, self.in_channels, self.base_channels = image_size, in_channels, base_channels
 
         ch, emb_ch = base_channels, 4 * base_channels
         self.time_embed = nn.Sequential(nn.Linear(ch, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
 
         # Encoder: every entry produces one skip connection for the decoder.
-        self.down = nn.ModuleList([EmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
-        skip_chs, res = [ch], image_size
+        self.down = nn.ModuleList([EmbedSequential(nn.Conv2d(in_channels * p * p, ch, 3, padding=1))])
+        skip_chs, res = [ch], image_size // p
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
                 layers = [ResBlock(ch, base_channels * mult, emb_ch, dropout)]
@@ -221,7 +231,7 @@ class UNet(nn.Module):
 
         self.learn_sigma = check_choice("model.learn_sigma", learn_sigma, (True, False))
         out_channels = 2 * in_channels if learn_sigma else in_channels
-        self.out = nn.Sequential(norm(ch), nn.SiLU(), zero_init(nn.Conv2d(ch, out_channels, 3, padding=1)))
+        self.out = nn.Sequential(norm(ch), nn.SiLU(), zero_init(nn.Conv2d(ch, out_channels * p * p, 3, padding=1)))
         # Built last, so an unconditional net draws its initial weights exactly as before.
         self.num_classes = ClassEmbedding.check(num_classes)
         if num_classes is not None:
@@ -254,14 +264,15 @@ class UNet(nn.Module):
         elif labels is not None:
             raise ConfigError(ClassEmbedding.UNCONDITIONAL)
         skips = []
-        h = x
+        h = x if self.patch_size == 1 else F.pixel_unshuffle(x, self.patch_size)  # (B, C p^2, H/p, W/p)
         for block in self.down:
             h = block(h, emb, context)  # (B, C_l, H_l, W_l)
             skips.append(h)
         h = self.middle(h, emb, context)  # (B, C_last, H_last, W_last)
         for block in self.up:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context)  # (B, C_l, H_l, W_l)
-        return self.out(h)  # (B, C, H, W), or (B, 2C, H, W) with learn_sigma
+        out = self.out(h)  # (B, C, H, W), or (B, 2C, H, W) with learn_sigma; times p^2 at H/p, W/p
+        return out if self.patch_size == 1 else F.pixel_shuffle(out, self.patch_size)
 
     def _check_text(
         self, context: tuple[Tensor, Tensor] | None, labels: Tensor | None, batch: int
