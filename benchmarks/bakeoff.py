@@ -52,13 +52,20 @@ CONFIDENT = 0.9
 # Our recipes per device (the repo's recommendations), each with the sampler its samples are scored with; the
 # first one's network sets the parameter count every peer is matched to.
 DPM20 = ["sampler=dpm_solver", "sampler.steps=20"]
+# in a recipe of ours: the optimizer steps our first row reached in the budget (a recipe scaled to the budget, as
+# the peers' scaled rows are: its cosine learning-rate decay ends where the budget does)
+BUDGET_STEPS = "BUDGET_STEPS"
 OURS = {
     "cpu": [("ours (mnist_cpu)", ["experiment=mnist_cpu"], []),  # its own sampler: ancestral DDPM, 50 steps
+            ("ours (mnist_cpu, cosine decay to the budget)",
+             ["experiment=mnist_cpu", "module.cosine_decay=true", f"trainer.max_steps={BUDGET_STEPS}"], []),
             ("ours (mnist_cpu_ddpm: before)", ["experiment=mnist_cpu_ddpm"], ["sampler=ddpm", "sampler.steps=50"])],
     "cuda": [("ours (mnist, v, min-SNR, cosine)", ["experiment=mnist", "denoiser.prediction_type=v",
                                                     "loss.min_snr_gamma=5", "schedule=cosine"], DPM20),
              ("ours (mnist)", ["experiment=mnist"], DPM20)],
-    "quick": [("ours (quick)", ["model=unet_tiny", "module.warmup_steps=5"], ["sampler=dpm_solver", "sampler.steps=5"])],
+    "quick": [("ours (quick)", ["model=unet_tiny", "module.warmup_steps=5"], ["sampler=dpm_solver", "sampler.steps=5"]),
+              ("ours (quick, cosine decay to the budget)", ["model=unet_tiny", "module.warmup_steps=5",
+               "module.cosine_decay=true", f"trainer.max_steps={BUDGET_STEPS}"], ["sampler=dpm_solver", "sampler.steps=5"])],
 }
 SYSTEMS = ("ours", "diffusers", "lucidrains", "kdiffusion")
 
@@ -89,7 +96,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fid", action="store_true", help="also Inception FID (needs $DDPM_INCEPTION_WEIGHTS; slow on a CPU)")
     p.add_argument("--save-runs", action="store_true",
                    help="save each of our rows as a run (config.yaml, checkpoints/last.ckpt) that evaluate.py and "
-                        "benchmarks/sampler_probe.py load")
+                        "benchmarks/sampler_probe.py load, and each peer's averaged weights in its own format")
+    p.add_argument("--keep", default=None, metavar="JSON",
+                   help="rows already run (a partial_<data>.json of an earlier run into the same --out): kept, not rerun")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output folder (default: outputs/bakeoff/<date>)")
     p.add_argument("--quick", action="store_true", help="digits, small networks, 1 s a row: a smoke test of every system")
@@ -220,6 +229,8 @@ def train_and_score(c: Contender, data: torch.Tensor, max_value: float, args, ev
     np.savez_compressed(out / f"{slug(c.name)}.npz", images=samples)
     if args.save_runs and c.config is not None:
         save_run(c, out / slug(c.name), step)
+    elif args.save_runs and c.save is not None:
+        c.save(out / slug(c.name))
     return {
         "name": c.name, "system": c.system, "setting": c.setting, "params": c.params, "sampler": c.sampler,
         "nfe": c.nfe, "recipe": c.recipe, "steps": step, "train_seconds": elapsed,
@@ -259,6 +270,10 @@ def rows_for(args, mode: str):
 
 
 def _ours(setup: Setup, total_steps, layout, recipe, name, sampler) -> Contender:
+    if any(BUDGET_STEPS in o for o in recipe):  # scaled to the budget, as a peer's scaled row is
+        if total_steps is None:
+            raise SystemExit(f"{name}: {BUDGET_STEPS} needs a first row of ours to have run (steps reached)")
+        recipe = [o.replace(BUDGET_STEPS, str(total_steps)) for o in recipe]
     return build_ours(setup, recipe, name=name, sampler=sampler)
 
 
@@ -303,7 +318,17 @@ def run_dataset(name: str, args, device: torch.device, out: Path) -> dict:
     layout, target = ours_network(recipe0, dm.image_size, dm.channels)
     setup = Setup(dm.image_size, dm.channels, args.batch, len(data), device, target, args.quick, args.scaled_lr)
     results, steps_reached = [], {}
+    # a kept row of ours is known by its name, a peer's by (system, setting): its printed name is the library's
+    kept = {r["name"] if r["system"] == "ours" else (r["system"], r["setting"]): r
+            for r in json.loads(Path(args.keep).read_text())} if args.keep else {}
     for row_name, build, system, setting in rows_for(args, mode):
+        old = kept.get(row_name if system == "ours" else (system, setting))
+        if old is not None and "skipped" not in old:
+            print(f"{old['name']}: kept from {args.keep}", flush=True)
+            results.append(old)
+            if setting == "defaults" or (system == "ours" and system not in steps_reached):
+                steps_reached[system] = old["steps"]
+            continue
         if system != "ours":
             try:
                 __import__(IMPORTS[system])
@@ -319,7 +344,7 @@ def run_dataset(name: str, args, device: torch.device, out: Path) -> dict:
         load_before = load_average()
         result = train_and_score(contender, data, max_value, args, evaluator, device, out)
         result.update(startup_seconds=startup, load_before=load_before, load_after=load_average())
-        if setting == "defaults":
+        if setting == "defaults" or (system == "ours" and system not in steps_reached):
             steps_reached[system] = result["steps"]
         results.append(result)
         del contender
@@ -332,12 +357,14 @@ def run_dataset(name: str, args, device: torch.device, out: Path) -> dict:
 
 def fairness_lines(args, result: dict, env: dict) -> list[str]:
     rows = [r for r in result["rows"] if "skipped" not in r]
-    spread = max(abs(r["params"] - result["target_params"]) / result["target_params"] for r in rows) if rows else 0
+    peers = [r for r in rows if r["system"] != "ours"]  # our other recipes keep their own networks
+    spread = max(abs(r["params"] - result["target_params"]) / result["target_params"] for r in peers) if peers else 0
     return [
         f"- data: {result['data']} ({result['train_images']:,} training images, {result['image_size']} px); "
         f"the same data order for every row",
         f"- device: {env['device']}, {env['threads']} torch threads; batch {args.batch} for every system",
-        f"- parameters: ours {result['target_params']:,}; every network within {spread:.1%} of it (limit 5%)",
+        f"- parameters: ours {result['target_params']:,} (our first row); every peer's network within {spread:.1%} of "
+        "it (limit 5%)",
         f"- budget: {args.budget:.0f} s of training wall-clock a row (start-up and sampling timed apart); "
         f"points at {', '.join(f'{p:g}' for p in args.points)} of it",
         f"- evaluator: the {result['data']} classifier's FD (test accuracy {result['classifier']['test_accuracy']}) "
@@ -351,7 +378,7 @@ def fairness_lines(args, result: dict, env: dict) -> list[str]:
 def table(result: dict) -> list[str]:
     """The markdown table: one line a row, then the data floor."""
     mids = _first_points(result)  # the points before the last: their FD gets a column each
-    header = ["row", "params", "steps", "train img/s", "LR, warm-up", "sampler (NFE)", "sample img/s",
+    header = ["row", "params", "steps", "train img/s", "LR, warm-up, decay", "sampler (NFE)", "sample img/s",
               *(f"FD({p['samples']}) at {p['train_seconds']:.0f} s" for p in mids), "FD", "confident"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in result["rows"]:
@@ -359,7 +386,8 @@ def table(result: dict) -> list[str]:
             lines.append(f"| {r['name']} | skipped: {r['skipped']} |")
             continue
         cells = [r["name"], f"{r['params'] / 1e6:.3f}M", f"{r['steps']:,}", f"{r['train_img_s']:.0f}",
-                 f"{r['recipe'].get('lr'):g}, {r['recipe'].get('warmup')}", f"{r['sampler']} ({r['nfe']})",
+                 f"{r['recipe'].get('lr'):g}, {r['recipe'].get('warmup')}, {r['recipe'].get('lr_decay', 'none')}",
+                 f"{r['sampler']} ({r['nfe']})",
                  f"{r['sample_img_s']:.1f}", *(f"{p['fd']:.2f}" for p in r["points"][:-1]),
                  f"**{r['fd']:.2f}**", f"{r['confident']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")

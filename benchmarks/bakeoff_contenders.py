@@ -11,7 +11,8 @@ feeds batches and times the steps is ours.
                   EMA); sampled by module.sample with the recipe's evaluation sampler
     diffusers     UNet2DModel + DDPMScheduler + EMAModel + get_scheduler("cosine"), the step of
                   examples/unconditional_image_generation/train_unconditional.py; sampled by DDPMPipeline
-                  with DPMSolverMultistepScheduler (the scheduler diffusers recommends for fast sampling)
+                  with DPMSolverMultistepScheduler (the scheduler diffusers recommends for fast sampling), with
+                  thresholding and order 3, as its docs advise for pixel-space models and unconditional sampling
     lucidrains    denoising-diffusion-pytorch: Unet + GaussianDiffusion with its defaults (pred_v, sigmoid
                   schedule), the step of its Trainer (Adam, clip 1.0, ema_pytorch EMA every 10 steps);
                   sampled by GaussianDiffusion.sample with DDIM (its sampling_timesteps)
@@ -28,10 +29,10 @@ the recipe has one, ending at the budget).
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -41,6 +42,7 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP_FRACTION = 0.05  # "scaled" rows: warm-up over this fraction of the steps the budget buys
 PARAM_TOLERANCE = 0.05  # every network within 5% of ours in parameter count
+PEER_LEVELS = 3  # the peers' U-Nets: three resolutions (28 -> 14 -> 7 on MNIST), as their MNIST configs have
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Contender:
     recipe: dict = field(default_factory=dict)  # optimizer, LR schedule, EMA, loss... as run
     handle: object = None  # the system's own top-level object (module, pipeline, GaussianDiffusion, Denoiser)
     config: object = None  # ours: the composed train config (to save the row as a run evaluate.py can load)
+    save: Callable[[Path], None] | None = None  # a peer: write its averaged weights into a folder, its own format
 
     @property
     def params(self) -> int:
@@ -85,6 +88,9 @@ def count(net: nn.Module) -> int:
 def closest(build: Callable[..., nn.Module], candidates: list[dict], target: int, what: str) -> tuple[nn.Module, dict]:
     """The network among ``build(**c)`` for ``c`` in ``candidates`` whose parameter count is closest to
     ``target``; a ValueError when even that one is more than 5% off."""
+    key = (what, target, tuple(sorted(map(str, candidates))))
+    if key in _MATCHED:  # a system's defaults and scaled rows share the search
+        return build(**_MATCHED[key]), _MATCHED[key]
     best = None
     for c in candidates:
         try:
@@ -98,7 +104,11 @@ def closest(build: Callable[..., nn.Module], candidates: list[dict], target: int
     if best is None or best[0] > PARAM_TOLERANCE:
         got = "none" if best is None else f"{best[1]:,} ({best[2]})"
         raise ValueError(f"no {what} network within {PARAM_TOLERANCE:.0%} of {target:,} parameters; closest {got}")
+    _MATCHED[key] = best[2]
     return build(**best[2]), best[2]
+
+
+_MATCHED: dict = {}
 
 
 def seeded(seed: int, device: torch.device):
@@ -152,7 +162,9 @@ def build_ours(setup: Setup, recipe: list[str], name: str | None = None, sampler
     module = build_module(cfg, datamodule=_Shape(setup)).to(setup.device)
     module.speed_up(*resolve_speed(*module.speed_options, setup.device))  # what setup() does under the Trainer
     module.on_fit_start()  # the noise generator; without a Trainer: rank 0, step 0
+    module._trainer = SimpleNamespace(max_steps=cfg.trainer.max_steps)  # what configure_optimizers reads of a Trainer
     optimizers = module.configure_optimizers()
+    module._trainer = None
     opt, scheduler = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
     clip = cfg.trainer.get("gradient_clip_val")
     bf16 = str(cfg.trainer.get("precision", "32")).startswith("bf16") and setup.device.type == "cuda"
@@ -181,7 +193,8 @@ def build_ours(setup: Setup, recipe: list[str], name: str | None = None, sampler
         name or f"ours ({' '.join(recipe)})", "ours", " ".join(recipe), module.net, train_step, sample,
         f"{type(eval_sampler).__name__} {steps} steps", int(steps),
         recipe=dict(optimizer=type(opt).__name__, lr=opt.param_groups[0]["initial_lr"], warmup=module.warmup_steps,
-                    lr_decay="none", ema=f"{module.hparams.ema_decay} (warm-up (1+n)/(10+n))",
+                    lr_decay=f"cosine to 0 at step {cfg.trainer.max_steps}" if module.cosine_decay else "none",
+                    ema=f"{module.hparams.ema_decay} (warm-up (1+n)/(10+n))",
                     loss=type(module.loss).__name__, prediction=cfg.denoiser.prediction_type,
                     schedule=cfg.schedule._target_.rsplit(".", 1)[-1], clip=clip, precision="bf16" if bf16 else "fp32"),
         handle=module, config=cfg,
@@ -219,15 +232,23 @@ def diffusers_unet(setup: Setup, base: int, mult: tuple, blocks: int, attn: tupl
         layers_per_block=blocks, block_out_channels=tuple(base * m for m in mult),
         down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in has_attn),
         up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(has_attn)),
-        norm_num_groups=min(32, base), dropout=dropout,
+        norm_num_groups=next(g for g in (32, 16, 8, 4, 2, 1) if base % g == 0), dropout=dropout,
     )
+
+
+def diffusers_candidates(setup: Setup) -> list[dict]:
+    """UNet2DModel layouts of three resolutions with attention at the lowest (the example's 64 px network has it at
+    its fifth of six levels), its 2 blocks a level first, widths in steps of 4."""
+    lowest = setup.image_size // 2 ** (PEER_LEVELS - 1)
+    mults = [(1, 2, 2), (1, 1, 2), (1, 2, 4)]  # the example's widths double, as DDPM's
+    return [dict(base=b, mult=m, blocks=k, attn=(lowest,)) for k in (2, 1) for m in mults for b in range(8, 129, 4)]
 
 
 def build_diffusers(setup: Setup, setting: str, total_steps: int | None, layout: dict) -> Contender:
     """diffusers' unconditional example: its model class, scheduler, optimizer, LR schedule, EMA and step.
 
-    The network is our recipe's U-Net layout in UNet2DModel (the same DDPM architecture; widths searched
-    for the parameter match when they differ). ``defaults``: AdamW 1e-4, betas (0.95, 0.999), weight
+    The network is UNet2DModel (the DDPM U-Net) at three resolutions with attention at the lowest, widths,
+    multipliers and blocks searched for the parameter match. ``defaults``: AdamW 1e-4, betas (0.95, 0.999), weight
     decay 1e-6, 500 warm-up steps then cosine decay over the example's 100 epochs; ``scaled``: the LR
     ``setup.scaled_lr``, warm-up 5% and the cosine ending at the steps the budget buys.
     """
@@ -235,9 +256,8 @@ def build_diffusers(setup: Setup, setting: str, total_steps: int | None, layout:
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
-    widths = sorted({layout["base"]} | {8 * k for k in range(1, 17)}, key=lambda w: abs(w - layout["base"]))
-    candidates = [dict(layout, base=w) for w in widths]
-    net, chosen = closest(lambda **c: diffusers_unet(setup, **c), candidates, setup.target_params, "diffusers")
+    net, chosen = closest(lambda **c: diffusers_unet(setup, **c), diffusers_candidates(setup), setup.target_params,
+                          "diffusers")
     net = net.to(setup.device)
     noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
     if setting == "defaults":
@@ -252,7 +272,11 @@ def build_diffusers(setup: Setup, setting: str, total_steps: int | None, layout:
                    model_cls=type(net), model_config=net.config)
     ema.to(setup.device)
     steps = 3 if setup.quick else 20
-    pipeline = DDPMPipeline(unet=net, scheduler=DPMSolverMultistepScheduler.from_config(noise_scheduler.config))
+    # DPM-Solver++ as DPMSolverMultistepScheduler's docs advise: thresholding for pixel-space models (x0_hat kept in
+    # [-1, 1]; its default, none, leaves an eps-model's high-noise x0_hat unbounded), order 3 for unconditional sampling
+    fast = DPMSolverMultistepScheduler.from_config(noise_scheduler.config, thresholding=True, sample_max_value=1.0,
+                                                   solver_order=3)
+    pipeline = DDPMPipeline(unet=net, scheduler=fast)
     pipeline.set_progress_bar_config(disable=True)
 
     def train_step(x0: Tensor) -> Tensor:
@@ -281,13 +305,21 @@ def build_diffusers(setup: Setup, setting: str, total_steps: int | None, layout:
         # DDPMPipeline returns (image / 2 + 0.5).clamp(0, 1), NHWC: back to [-1, 1], NCHW
         return torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1
 
+    def save(folder: Path) -> None:
+        ema.store(net.parameters())
+        ema.copy_to(net.parameters())
+        try:
+            net.save_pretrained(folder)  # config.json + safetensors: UNet2DModel.from_pretrained(folder)
+        finally:
+            ema.restore(net.parameters())
+
     return Contender(
         f"diffusers ({setting})", "diffusers", setting, net, train_step, sample,
-        f"DDPMPipeline + DPMSolverMultistepScheduler {steps} steps", steps,
+        f"DDPMPipeline + DPMSolverMultistepScheduler (order 3, thresholding) {steps} steps", steps,
         recipe=dict(optimizer="AdamW", lr=lr, warmup=warmup, lr_decay=f"cosine to 0 at step {horizon}",
                     ema="0.9999, warm-up 1-(1+n)^-3/4", loss="eps MSE", prediction="epsilon",
                     schedule="linear", clip=1.0, precision="fp32", network=f"UNet2DModel {chosen}"),
-        handle=pipeline,
+        handle=pipeline, save=save,
     )
 
 
@@ -310,8 +342,7 @@ def build_lucidrains(setup: Setup, setting: str, total_steps: int | None, layout
     from denoising_diffusion_pytorch import GaussianDiffusion
     from ema_pytorch import EMA
 
-    levels = len(layout["mult"])  # the same resolutions as ours
-    mults = [m for m in itertools.product(range(1, 5), repeat=levels) if m[0] == 1 and list(m) == sorted(m)]
+    mults = [(1, 2, 4), (1, 2, 2), (1, 1, 2), (1, 2, 3)]  # its default (1, 2, 4, 8) at three resolutions, and kin
     candidates = [dict(dim=d, dim_mults=m) for m in mults for d in range(8, 129, 2)]
     net, chosen = closest(lambda **c: lucidrains_unet(setup, **c), candidates, setup.target_params, "lucidrains")
     steps = 3 if setup.quick else 50
@@ -346,7 +377,7 @@ def build_lucidrains(setup: Setup, setting: str, total_steps: int | None, layout
         recipe=dict(optimizer="Adam", lr=lr, warmup=warmup, lr_decay="none", ema="0.995 every 10 steps (ema_pytorch)",
                     loss="v MSE", prediction=diffusion.objective, schedule="sigmoid", clip=1.0, precision="fp32",
                     network=f"Unet {chosen}"),
-        handle=diffusion,
+        handle=diffusion, save=lambda folder: _save_state(ema.ema_model, folder),
     )
 
 
@@ -379,8 +410,7 @@ def build_kdiffusion(setup: Setup, setting: str, total_steps: int | None, layout
     import numpy as np
     from PIL import Image
 
-    levels = len(layout["mult"])  # the same resolutions as ours
-    depth_sets = [d for d in ((2, 4, 4), (2, 2, 4), (2, 2, 2), (1, 2, 2), (1, 1, 2), (2, 4), (2, 2), (1, 2)) if len(d) == levels]
+    depth_sets = [(2, 4, 4), (2, 2, 4), (2, 2, 2), (1, 2, 2), (1, 1, 2)]  # its MNIST config's (2, 4, 4) first
     candidates = [dict(c=c, depths=d, mapping_out=m) for d in depth_sets for m in (256, 128, 64) for c in range(8, 129, 8)]
     _, chosen = closest(lambda **k: K.config.make_model(kdiffusion_config(setup, **k)), candidates,
                         setup.target_params, "k-diffusion")
@@ -446,8 +476,13 @@ def build_kdiffusion(setup: Setup, setting: str, total_steps: int | None, layout
                     ema="EMAWarmup power 0.6667 max 0.9999", loss="Karras denoiser, soft-min-SNR",
                     prediction="EDM preconditioned", schedule="cosine-interpolated sigma density", clip=1.0,
                     precision="fp32", network=f"image_v1 {chosen}", augmentation="Karras, p 0.12"),
-        handle=model_ema,
+        handle=model_ema, save=lambda folder: _save_state(model_ema, folder),
     )
+
+
+def _save_state(module: nn.Module, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(module.state_dict(), folder / "ema.pt")
 
 
 PEERS = {"diffusers": build_diffusers, "lucidrains": build_lucidrains, "kdiffusion": build_kdiffusion}

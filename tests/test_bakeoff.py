@@ -52,6 +52,14 @@ def test_quick_mode_trains_and_scores_every_system(quick_run):
     assert (out / "fd_vs_time_digits.png").stat().st_size > 0 and (out / "samples_digits.png").stat().st_size > 0
 
 
+def test_our_row_scaled_to_the_budget_decays_to_zero_where_our_first_row_stopped(quick_run):
+    _, report = quick_run
+    rows = {r["name"]: r for r in report["results"][0]["rows"]}
+    first, scaled = rows["ours (quick)"], rows["ours (quick, cosine decay to the budget)"]
+    assert scaled["recipe"]["lr_decay"] == f"cosine to 0 at step {first['steps']}"
+    assert rows["ours (quick)"]["recipe"]["lr_decay"] == "none"
+
+
 def test_the_floor_is_the_evaluator_on_as_many_real_test_images(quick_run):
     _, report = quick_run
     (result,) = report["results"]
@@ -143,3 +151,18 @@ def test_each_system_samples_the_one_image_its_exact_network_knows(system, monke
     images = bakeoff.to_uint8(contender.sample(3, 0))  # (3, H, W, 1) through the one uint8 path
     expected = bakeoff.to_uint8(target_image()).repeat(3, 0)
     assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_a_cut_short_run_keeps_its_rows(quick_run, tmp_path):
+    """Each finished row is written to partial_<data>.json; --keep takes those rows instead of training again."""
+    out, report = quick_run
+    (result,) = report["results"]
+    partial = json.loads((out / "partial_digits.json").read_text())
+    assert [r["name"] for r in partial] == [r["name"] for r in result["rows"]]
+    assert bakeoff.main(["--quick", "--systems", "ours", "lucidrains", "--keep", str(out / "partial_digits.json"),
+                         "--out", str(out)]) == 0  # a peer's row is named for its library, not for --systems
+    again = json.loads((out / "bakeoff.json").read_text())["results"][0]["rows"]
+    before = {r["name"]: r for r in result["rows"]}
+    assert [r["name"] for r in again] == ["ours (quick)", "denoising-diffusion-pytorch (defaults)",
+                                         "denoising-diffusion-pytorch (scaled)", "ours (quick, cosine decay to the budget)"]
+    assert all(r["points"] == before[r["name"]]["points"] for r in again)  # kept, not trained again

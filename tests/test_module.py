@@ -1,5 +1,6 @@
 """The LightningModule's own behaviour: EMA, warm-up, per-rank noise, sampling."""
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -79,6 +80,24 @@ def test_optimizer_sees_the_network_only_and_warms_up_linearly():
         optimizer.step()
         scheduler.step()
     assert lrs == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2])
+
+
+def test_cosine_decay_falls_from_the_warmed_up_rate_to_zero_at_max_steps():
+    module = make_module(warmup_steps=4, cosine_decay=True)
+    module._trainer = SimpleNamespace(max_steps=20)  # what configure_optimizers reads of the trainer
+    config = module.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(23):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(2.5e-3)  # warm-up: 1/4 of the rate, the cosine at its top
+    assert lrs[2] == pytest.approx(7.5e-3 * 0.5 * (1 + math.cos(math.pi / 10)))  # both at once
+    assert lrs[5] == pytest.approx(1e-2 * (2 + math.sqrt(2)) / 4)  # cos(pi/4) = sqrt(2)/2
+    assert lrs[10] == pytest.approx(5e-3)  # half-way: half the rate
+    assert lrs[20:] == pytest.approx([0.0, 0.0, 0.0], abs=1e-12)  # 0 at max_steps, and after
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))  # falls monotonically once warmed up
 
 
 def test_noise_generators_differ_between_ranks():

@@ -12,7 +12,6 @@ a discriminator, and the discriminator through its torch optimizer.
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import lightning as L
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 from ddpm.errors import ConfigError
 from ddpm.nets.autoencoder import KLAutoencoder
 from ddpm.training.checkpoint_load import check_steps_left
+from ddpm.training.lr_schedule import warmup_then_cosine
 from ddpm.training.autoencoder_loss import (Perceptual, adaptive_weight, check_autoencoder_loss_options, hinge_d_loss,
                                             reconstruction_loss)
 
@@ -134,13 +134,9 @@ class AutoencoderModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.autoencoder.parameters())
-        warmup, total = self.warmup_steps, self.trainer.max_steps if self.cosine_decay else -1
-
-        def factor(step: int) -> float:  # linear warm-up, then constant or a cosine to 0 at trainer.max_steps
-            ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
-            return ramp * (0.5 * (1 + math.cos(math.pi * min(step, total) / total)) if total > 0 else 1.0)
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        # linear warm-up, then constant or a cosine to 0 at trainer.max_steps
+        decay = self.trainer.max_steps if self.cosine_decay else None
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_cosine(self.warmup_steps, decay))
         first = {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         if self.discriminator is None:
             return first

@@ -29,6 +29,7 @@ from ddpm.errors import ConfigError
 from ddpm.training.checkpoint_load import check_steps_left
 from ddpm.training.ema import make_ema
 from ddpm.training.loss_log import LossByTimestep
+from ddpm.training.lr_schedule import warmup_then_cosine
 from ddpm.training.nonfinite import NonFiniteGuard
 from ddpm.training.prompts import PromptConditioning, sampling_condition
 from ddpm.training.speed import check_speed_options, resolve_speed
@@ -47,6 +48,8 @@ class DiffusionModule(L.LightningModule):
         optimizer: a partial optimizer (Hydra ``_partial_``), called with the net's parameters.
         sample_shape: shape of one sample, e.g. (C, H, W) of the training images.
         warmup_steps: linear learning-rate warm-up from 0 over this many optimizer steps.
+        cosine_decay: then a half cosine from the configured rate to 0 at ``trainer.max_steps``
+            (``training.lr_schedule``); False: constant after the warm-up.
         ema_decay: decay of the weight EMA (0.9999 for CIFAR-10 in the DDPM paper).
         ema_warmup: ramp the EMA decay up as min(decay, (1+n)/(10+n)).
         loss_buckets: log the loss averaged over this many equal ranges of t.
@@ -79,6 +82,7 @@ class DiffusionModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         sample_shape: Sequence[int],
         warmup_steps: int = 0,
+        cosine_decay: bool = False,
         ema_decay: float = 0.9999,
         ema_warmup: bool = True,
         loss_buckets: int = 10,
@@ -110,7 +114,7 @@ class DiffusionModule(L.LightningModule):
         self.sampler = sampler
         self.optimizer_factory = optimizer
         self.sample_shape = tuple(sample_shape)
-        self.warmup_steps = warmup_steps
+        self.warmup_steps, self.cosine_decay = warmup_steps, bool(cosine_decay)
         self.ema = make_ema(net, ema_decay, ema_warmup)
         self.loss_log = LossByTimestep(loss_buckets, schedule.num_timesteps)
         self.speed_options = check_speed_options(channels_last, compile)
@@ -379,8 +383,6 @@ class DiffusionModule(L.LightningModule):
         # the optimizer's hyper-parameters as configured (a resume restores the checkpoint's; on_train_start re-applies)
         self._configured_groups = [{k: v for k, v in group.items() if k in ("lr", "betas", "eps", "weight_decay", "momentum")}
                                    for group in optimizer.param_groups]
-        warmup = self.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
-        )
+        decay = self.trainer.max_steps if self.cosine_decay else None
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_cosine(self.warmup_steps, decay))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
