@@ -166,3 +166,12 @@ def test_a_cut_short_run_keeps_its_rows(quick_run, tmp_path):
     assert [r["name"] for r in again] == ["ours (quick)", "denoising-diffusion-pytorch (defaults)",
                                          "denoising-diffusion-pytorch (scaled)", "ours (quick, cosine decay to the budget)"]
     assert all(r["points"] == before[r["name"]]["points"] for r in again)  # kept, not trained again
+
+
+def test_recipe_step_time_prints_a_timed_row_per_variant(capsys):
+    import recipe_step_time
+
+    assert recipe_step_time.main(["--variants", "", "module.channels_last=true", "--steps", "1", "--warmup", "1",
+                                  "--threads", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| eager", "| module."))]
+    assert len(rows) == 2 and all(float(row.split("|")[3]) > 0 for row in rows)  # ms a step
