@@ -23,6 +23,7 @@ from ddpm.evaluation.npz import save_images_npz
 from ddpm.evaluation.sampling import balanced_labels, generate_images
 from ddpm.nets.mlp import MLPDenoiser
 from ddpm.nets.unet import UNet
+from ddpm.training.conditioning import ClassConditioning, Unconditional
 from ddpm.training.module import DiffusionModule
 
 K = 10
@@ -116,7 +117,7 @@ def test_a_conditional_model_on_a_folder_needs_data_num_classes(tmp_path):
     from ddpm.runs.build import build_module
 
     cfg = compose_train("data=folder", f"data.root={tmp_path}", "model=unet_tiny", "data.image_size=8",
-                        "model.num_classes=${data.num_classes}", tmp_path=tmp_path)
+                        "conditioning=class", tmp_path=tmp_path)
     with pytest.raises(ConfigError, match="data.num_classes=K for a folder of K sub-folders") as e:
         build_module(cfg)
     assert "\n" not in str(e.value)
@@ -125,11 +126,13 @@ def test_a_conditional_model_on_a_folder_needs_data_num_classes(tmp_path):
 # ---- training ---------------------------------------------------------------------------------------
 
 
-def make_module(num_classes=K, **kwargs):
+def make_module(num_classes=K, p_uncond=0.1, **kwargs):
     torch.manual_seed(0)
     net = MLPDenoiser(dim=2, hidden=16, layers=1, num_classes=num_classes)
+    conditioning = Unconditional() if num_classes is None else ClassConditioning(num_classes, p_uncond)
     return DiffusionModule(net, schedules.linear(num_timesteps=20), Denoiser, SimpleLoss(), DDIMSampler(steps=4),
-                           lambda p: torch.optim.Adam(p), sample_shape=(2,), compile=None, **kwargs)
+                           lambda p: torch.optim.Adam(p), sample_shape=(2,), compile=None, conditioning=conditioning,
+                           **kwargs)
 
 
 @pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 1.0])
@@ -138,7 +141,7 @@ def test_labels_are_dropped_to_the_null_class_at_rate_p_uncond(p):
     module._noise = torch.Generator().manual_seed(1)
     n = 20_000
     labels = torch.arange(n) % K
-    got = module.training_labels((torch.zeros(n, 2), labels))
+    got = module.conditioning.training_condition((torch.zeros(n, 2), labels), module._noise)
     dropped = got == K
     assert torch.equal(got[~dropped], labels[~dropped])  # the rest keep their label
     # the count of null labels is Binomial(n, p): within 5 standard deviations of n p
@@ -161,13 +164,13 @@ def test_conditional_training_passes_the_dropped_labels_to_the_net():
     module._noise = torch.Generator().manual_seed(3)
     module.compute_loss((torch.randn(32, 2), torch.arange(32) % K))
     module._noise = torch.Generator().manual_seed(3)  # the same draw from the same seed
-    expected = module.training_labels((None, torch.arange(32) % K))
+    expected = module.conditioning.training_condition((None, torch.arange(32) % K), module._noise)
     assert torch.equal(seen[0], expected) and (expected == K).any() and (expected < K).any()
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: make_module(p_uncond=1.5), "module.p_uncond=1.5 is not allowed"),
-    (lambda: make_module(p_uncond=-0.1), "module.p_uncond=-0.1 is not allowed"),
+    (lambda: make_module(p_uncond=1.5), "conditioning.p_uncond=1.5 is not allowed"),
+    (lambda: make_module(p_uncond=-0.1), "conditioning.p_uncond=-0.1 is not allowed"),
     (lambda: make_module().compute_loss((torch.zeros(2, 2), torch.tensor([0, K]))), f"class label {K} is not allowed"),
     (lambda: make_module().compute_loss((torch.zeros(2, 2), torch.tensor([-1, 0]))), "class label -1 is not allowed"),
     (lambda: make_module().compute_loss([torch.zeros(2, 2)]), "needs labelled batches"),
@@ -221,7 +224,8 @@ def test_samples_npz_holds_the_labels(tmp_path):
 
 class StandInModule:
     def __init__(self, num_classes):
-        self.num_classes, self.guidance_scale = num_classes, None if num_classes is None else 3.0
+        self.conditioning = Unconditional() if num_classes is None else ClassConditioning(num_classes)
+        self.guidance_scale, self.device = None if num_classes is None else 3.0, torch.device("cpu")
 
 
 @pytest.mark.parametrize("options, labels, scale", [
@@ -266,7 +270,7 @@ def test_sample_grid_draws_one_row_per_class_of_a_conditional_model(tmp_path):
     class ClassPainter:
         """Sample k is a flat 4x4 image of grey level label / (K - 1), scaled to [-1, 1]."""
 
-        num_classes, device, sampler, calls = 3, torch.device("cpu"), None, []
+        conditioning, device, sampler, calls = ClassConditioning(3), torch.device("cpu"), None, []
 
         def sample(self, n, generator=None, use_ema=True, sampler=None, cond=None):
             self.calls.append(cond.tolist())

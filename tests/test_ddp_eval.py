@@ -66,7 +66,7 @@ def test_shard_chunks_are_contiguous_blocks_of_whole_chunks():
 
 
 def test_sharded_samples_are_the_same_for_one_and_two_and_three_ranks(tmp_path):
-    cfg = compose_train("model=unet_tiny", "schedule.num_timesteps=20", "model.num_classes=${data.num_classes}",
+    cfg = compose_train("model=unet_tiny", "schedule.num_timesteps=20", "conditioning=class",
                         tmp_path=tmp_path)
     module = build_module(cfg)
     with torch.no_grad():
@@ -115,7 +115,7 @@ def ddp_jobs(tmp_path_factory):
       samples in chunks of 6: the ranks hold 12 and 8, two of every class for the per-class FD).
     """
     tmp = tmp_path_factory.mktemp("ddp")
-    cfg = compose_train("model=unet_tiny", "schedule.num_timesteps=20", "model.num_classes=${data.num_classes}",
+    cfg = compose_train("model=unet_tiny", "schedule.num_timesteps=20", "conditioning=class",
                         tmp_path=tmp / "eval_run")
     with pytest.MonkeyPatch.context() as mp:  # the small recipe (about a second), cached for the subprocesses
         mp.setitem(C.RECIPES, "digits", SMALL)
@@ -133,7 +133,7 @@ def ddp_jobs(tmp_path_factory):
     fid = "+callbacks.fid."
     jobs = [start(tmp, "train", "train.py", *TINY, f"hydra.run.dir={tmp / 'run'}",
                   "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
-                  "trainer.benchmark=false", "trainer.max_steps=2", "model.num_classes=${data.num_classes}",
+                  "trainer.benchmark=false", "trainer.max_steps=2", "conditioning=class",
                   "callbacks=classifier_metrics", "callbacks.checkpoint.every_n_train_steps=2",
                   "callbacks.sample_grid.every_n_steps=2",
                   "callbacks.classifier_metrics.every_n_steps=2", "callbacks.classifier_metrics.num_samples=10",

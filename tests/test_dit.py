@@ -137,7 +137,7 @@ def test_patch_size_that_does_not_divide_the_image_is_one_line():
 def test_one_training_step(tmp_path):
     from ddpm.runs.train import train
 
-    cfg = compose_train(*TINY, "model=dit_tiny", "model.num_classes=${data.num_classes}", "trainer.max_steps=2",
+    cfg = compose_train(*TINY, "model=dit_tiny", "conditioning=class", "trainer.max_steps=2",
                         "callbacks.sample_grid=null", tmp_path=tmp_path)
     train(cfg)
     assert list((tmp_path / "checkpoints").glob("*.ckpt"))
@@ -307,7 +307,7 @@ def test_dit_trains_and_samples_with_every_schedule_prediction_and_sampler(sched
     from ddpm.runs.build import build_module
 
     steps = [] if sampler == "ddpm" else ["sampler.steps=3"]
-    cfg = compose_train("model=dit_tiny", "model.num_classes=${data.num_classes}", "model.long_skip=true",
+    cfg = compose_train("model=dit_tiny", "conditioning=class", "model.long_skip=true",
                         f"schedule={schedule}", "schedule.num_timesteps=10", f"denoiser.prediction_type={prediction}",
                         f"sampler={sampler}", *steps, tmp_path=tmp_path)
     module = build_module(cfg)

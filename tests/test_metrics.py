@@ -345,7 +345,7 @@ def test_fid_callback_logs_one_number_equal_to_an_independent_computation(tmp_pa
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose("train", overrides=["model=unet_tiny", "schedule.num_timesteps=20", "data.batch_size=16", "data.num_workers=0",
-                                          *(["model.num_classes=${data.num_classes}"] if conditional else [])])
+                                          *(["conditioning=class"] if conditional else [])])
     module, datamodule = build_module(cfg), instantiate(cfg.data)
     extractor, logger = StandIn(), Capture()
     callback = FIDCallback(every_n_steps=2, num_samples=6, batch_size=4, sampler=DDIMSampler(3), seed=5,

@@ -18,6 +18,7 @@ from ddpm.diffusion.samplers import DDIMSampler
 from ddpm.errors import ConfigError
 from ddpm.nets.cross_attention import CrossAttention, pooled_context, split_condition
 from ddpm.nets.mlp import MLPDenoiser
+from ddpm.training.conditioning import TextConditioning
 from ddpm.training.module import DiffusionModule
 
 D, L = 8, 6
@@ -64,18 +65,22 @@ class TextNet(nn.Module):
 
 def make_module(net=None, encoder="chars", p_uncond=0.1, denoiser=Denoiser, **kw):
     torch.manual_seed(0)
+    net = net or TextNet()
+    encoder = CharEncoder() if encoder == "chars" else encoder
+    context_dim = getattr(net, "context_dim", None)
+    conditioning = TextConditioning(encoder, p_uncond, context_dim=context_dim or None) \
+        if encoder is not None or context_dim else None  # None: the net's kind
     return DiffusionModule(
-        net=net or TextNet(), schedule=schedules.linear(1000), denoiser=denoiser, loss=SimpleLoss(),
+        net=net, schedule=schedules.linear(1000), denoiser=denoiser, loss=SimpleLoss(),
         sampler=DDIMSampler(steps=5), optimizer=lambda params: torch.optim.Adam(params, lr=1e-3),
-        sample_shape=(2,), p_uncond=p_uncond, text_encoder=CharEncoder() if encoder == "chars" else encoder,
-        compile=None, channels_last=False, **kw)
+        sample_shape=(2,), conditioning=conditioning, compile=None, channels_last=False, **kw)
 
 
 def test_guidance_with_prompts_follows_eps_u_plus_s_times_the_difference():
     module = make_module()
     denoiser = module.denoiser(use_ema=False).replace(clip_denoised=False)
-    null = module.text.encode([""], use_ema=False)
-    cond = module.text.encode(["three", "a seven", "x"], use_ema=False)
+    null = module.conditioning.encode([""], use_ema=False)
+    cond = module.conditioning.encode(["three", "a seven", "x"], use_ema=False)
     x, t = torch.randn(3, 2), torch.tensor([10, 500, 999])
     with torch.no_grad():
         eps_c = denoiser(x, t, cond).eps.double()  # two separate calls, combined in float64
@@ -103,17 +108,17 @@ def test_captions_are_dropped_to_the_empty_prompt_at_rate_p_uncond(p_uncond):
     module = make_module(p_uncond=p_uncond)
     module._noise = torch.Generator().manual_seed(0)
     captions = ["zero", "one", "two", "three"]
-    got = module.training_prompts((torch.randn(4, 2), captions))
-    want = module.text.encode([""] * 4 if p_uncond == 1.0 else captions, use_ema=False)
+    got = module.conditioning.training_condition((torch.randn(4, 2), captions), module._noise)
+    want = module.conditioning.encode([""] * 4 if p_uncond == 1.0 else captions, use_ema=False)
     assert torch.equal(got.embeddings, want.embeddings) and torch.equal(got.mask, want.mask)
 
 
 def test_the_rate_of_dropped_captions_is_p_uncond():
     module = make_module(p_uncond=0.3)
     module._noise = torch.Generator().manual_seed(1)
-    null = module.text.encode([""], use_ema=False).embeddings[0]
+    null = module.conditioning.encode([""], use_ema=False).embeddings[0]
     n = 4000
-    got = module.training_prompts((torch.randn(n, 2), ["seven"] * n)).embeddings  # (n, L, D)
+    got = module.conditioning.training_condition((torch.randn(n, 2), ["seven"] * n), module._noise).embeddings  # (n, L, D)
     dropped = (got == null).all(-1).all(-1).double().mean().item()
     assert abs(dropped - 0.3) < 4 * (0.3 * 0.7 / n) ** 0.5  # binomial: within 4 standard deviations
 
@@ -122,18 +127,18 @@ def test_a_jointly_trained_encoder_is_optimized_averaged_and_checkpointed():
     module = make_module()
     optimizer = module.configure_optimizers()["optimizer"]
     trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    assert all(id(p) in trained for p in module.text.encoder.parameters())
-    assert not any(id(p) in trained for p in module.text.ema.parameters())  # the EMA copy is not trained
+    assert all(id(p) in trained for p in module.conditioning.encoder.parameters())
+    assert not any(id(p) in trained for p in module.conditioning.ema.parameters())  # the EMA copy is not trained
     loss = SimpleLoss()(module.denoiser(use_ema=False), torch.randn(8, 2), torch.Generator().manual_seed(0),
-                        module.text.training_condition(["a", "b", "c", "d", "e", "f", "g", "h"], None))[0].mean()
+                        module.conditioning.captions_condition(["a", "b", "c", "d", "e", "f", "g", "h"], None))[0].mean()
     loss.backward()
-    assert module.text.encoder.table.weight.grad.abs().sum() > 0  # gradients reach the encoder
+    assert module.conditioning.encoder.table.weight.grad.abs().sum() > 0  # gradients reach the encoder
     keys = module.state_dict().keys()
-    assert any(k.startswith("text.encoder.") for k in keys) and any(k.startswith("text.ema.") for k in keys)
+    assert any(k.startswith("conditioning.encoder.") for k in keys) and any(k.startswith("conditioning.ema.") for k in keys)
     with torch.no_grad():
-        module.text.encoder.table.weight.add_(1.0)
-    module.text.update_ema()  # the first update copies (AveragedModel), then it averages
-    assert torch.equal(module.text.ema.module.table.weight, module.text.encoder.table.weight)
+        module.conditioning.encoder.table.weight.add_(1.0)
+    module.conditioning.update_ema()  # the first update copies (AveragedModel), then it averages
+    assert torch.equal(module.conditioning.ema.module.table.weight, module.conditioning.encoder.table.weight)
 
 
 def test_sampling_from_prompts_is_seeded_and_each_prompt_steers_its_sample():
@@ -142,7 +147,7 @@ def test_sampling_from_prompts_is_seeded_and_each_prompt_steers_its_sample():
                                         guidance_scale=1.0)
     a, b = run(["three", "three"]), run(["three", "seven"])
     assert a.shape == (2, 2) and torch.equal(a[0], b[0]) and not torch.equal(a[1], b[1])
-    encoded = module.text.encode(["three", "seven"])
+    encoded = module.conditioning.encode(["three", "seven"])
     c = module.sample(2, generator=torch.Generator().manual_seed(0), cond=encoded, guidance_scale=1.0)
     assert torch.equal(b, c)  # encoded prompts (TextCondition) give the same samples as their strings
     assert module.guidance_scale == module.guided().scale  # a text model is guided by default
@@ -152,16 +157,16 @@ def test_sampling_from_prompts_is_seeded_and_each_prompt_steers_its_sample():
     (lambda: make_module(net=MLPDenoiser(hidden=8, num_classes=3), encoder=None).sample(
         2, cond=["a handwritten three", "x"]), "prompts=['a handwritten three', 'x'] were given to a class-conditional"),
     (lambda: make_module(net=MLPDenoiser(hidden=8), encoder=None).sample(1, cond="a three"),
-     "prompts='a three' were given to a unconditional model"),
+     "prompts='a three' were given to an unconditional model"),
     (lambda: make_module().sample(2, cond=torch.tensor([1, 2])), "class labels were given to a text-conditional model"),
     (lambda: make_module().sample(3, cond=["a", "b"]), "2 conditions (labels or prompts) for 3 samples"),
-    (lambda: make_module(net=MLPDenoiser(hidden=8)), "text_encoder= was given but the network has no cross-attention"),
+    (lambda: make_module(net=MLPDenoiser(hidden=8)), "model.context_dim=None but conditioning=TextConditioning gives the net context_dim=8"),
     (lambda: make_module(encoder=type("Wide", (CharEncoder,), {"dim": 16})()),
-     "the text encoder gives embeddings of width 16 but model.context_dim=8"),
-    (lambda: make_module(encoder=None).training_prompts((torch.randn(2, 2), [torch.randn(2, L, 5), torch.ones(2, L)])),
-     "the precomputed embeddings have width 5 but model.context_dim=8: set model.context_dim=5"),
+     "the text encoder gives embeddings of width 16 but conditioning.context_dim=8"),
+    (lambda: make_module(encoder=None).conditioning.training_condition((torch.randn(2, 2), [torch.randn(2, L, 5), torch.ones(2, L)]), None),
+     "the precomputed embeddings have width 5 but conditioning.context_dim=8: set conditioning.context_dim=5"),
     (lambda: make_module(encoder=None).sample(1, cond=["a three"]), "pass prompts encoded by the same encoder"),
-    (lambda: make_module().training_prompts((torch.randn(2, 2), torch.tensor([1, 2]))),
+    (lambda: make_module().conditioning.training_condition((torch.randn(2, 2), torch.tensor([1, 2])), None),
      "needs captioned batches (images, captions)"),
 ])
 def test_bad_prompt_input_is_one_line(call, message):

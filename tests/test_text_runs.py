@@ -3,6 +3,7 @@ template captions), checkpoints, resumes, draws its grid one row per prompt and 
 evaluate.py; a run on precomputed embeddings (no encoder) trains and keeps the empty prompt."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from test_classifier_metrics import SMALL, datamodule
 from ddpm.data.captions import write_embeddings
 from ddpm.data.images import digits
 
-SMALL_TEXT = ["experiment=digits_text", "text_encoder.dim=16", "text_encoder.depth=1", "text_encoder.max_length=8",
+SMALL_TEXT = ["experiment=digits_text", "conditioning.encoder.dim=16", "conditioning.encoder.depth=1", "conditioning.encoder.max_length=8",
               "callbacks.sample_grid.per_class=1", "sampler.steps=3"]
 
 
@@ -28,7 +29,7 @@ def test_digits_text_trains_resumes_and_samples_prompts(tmp_path, capsys):
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 4
     keys = ckpt["state_dict"].keys()
-    assert any(k.startswith("text.encoder.") for k in keys) and any(k.startswith("text.ema.") for k in keys)
+    assert any(k.startswith("conditioning.encoder.") for k in keys) and any(k.startswith("conditioning.ema.") for k in keys)
     assert (run / "samples" / "step_0000004.png").exists()  # one row per class prompt
     from hydra import compose, initialize_config_dir
 
@@ -71,22 +72,26 @@ def test_a_run_on_precomputed_embeddings_needs_no_encoder(tmp_path):
 
     run = tmp_path / "run"
     train(compose_train(*TINY, "model=dit_tiny", "data.captions=embeddings", f"data.embeddings_path={tmp_path / 'emb.npz'}",
-                        "model.context_dim=12", "trainer.max_steps=2", "callbacks.sample_grid.num_samples=2", tmp_path=run))
+                        "conditioning=text_embeddings", "conditioning.context_dim=12", "trainer.max_steps=2", "callbacks.sample_grid.num_samples=2", tmp_path=run))
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     null = ByteEncoder()([""])
     assert torch.equal(ckpt["null_prompt"]["embeddings"], null[0]) and torch.equal(ckpt["null_prompt"]["mask"], null[1])
-    assert not any(k.startswith("text.") for k in ckpt["state_dict"])  # no encoder to store
+    assert not any(k.startswith("conditioning.") for k in ckpt["state_dict"])  # no encoder to store
     assert (run / "samples" / "step_0000002.png").exists()  # the empty prompt's samples
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["experiment=digits_cfg", "text_encoder=small"], "a model is conditioned on class labels or on text, not both"),
-    (["model=mlp", "data=moons", "text_encoder=small"], "text_encoder= needs a network with cross-attention"),
+    (["experiment=digits_cfg", "conditioning=text_small", "model.num_classes=10"],
+     "model.num_classes=10 but conditioning=TextConditioning gives the net num_classes=None"),
+    (["model=mlp", "data=moons", "conditioning=text_small"],
+     "conditioning=TextConditioning needs a network that takes it (model.context_dim)"),
+    (["model=unet_tiny", "conditioning=none", "model.num_classes=10"],
+     "model.num_classes=10 but conditioning=Unconditional gives the net num_classes=None"),
 ])
-def test_a_text_encoder_on_a_model_that_cannot_take_text_is_one_line(overrides, message, tmp_path):
+def test_a_condition_the_model_cannot_take_is_one_line(overrides, message, tmp_path):
     from ddpm.errors import ConfigError
     from ddpm.runs.build import build_module
 
-    with pytest.raises(ConfigError, match=message) as err:
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
         build_module(compose_train(*overrides, tmp_path=tmp_path))
     assert "\n" not in str(err.value)

@@ -7,12 +7,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddpm.errors import ConfigError
 from ddpm.runs.build_autoencoder import build_autoencoder_module, is_autoencoder_config
+from ddpm.training.conditioning import Conditioning, Unconditional
 from ddpm.training.module import DiffusionModule
 
 
 def build_module(cfg: DictConfig, datamodule=None) -> DiffusionModule:
     """The DiffusionModule of a train config (groups model, schedule, denoiser, loss, sampler, optimizer,
-    guidance, module).
+    guidance, conditioning, module).
 
     ``module.sample_shape: null`` takes the shape of one sample from the datamodule (built from
     ``cfg.data`` when not given; nothing is read from disk).
@@ -23,7 +24,8 @@ def build_module(cfg: DictConfig, datamodule=None) -> DiffusionModule:
     shape = cfg.module.get("sample_shape")
     if shape is None:
         shape = (datamodule if datamodule is not None else instantiate(cfg.data)).sample_shape
-    text_encoder, model_args = build_text_encoder(cfg)
+    conditioning = instantiate(cfg.conditioning) if cfg.get("conditioning") else Unconditional()
+    model_args = net_args(cfg, conditioning)
     latent = build_latent(cfg, shape, model_args)  # module=latent: the frozen autoencoder; {} otherwise
     if latent:
         shape = latent["autoencoder_info"]["latent_shape"]  # the diffusion runs on (c, h, w) latents
@@ -32,7 +34,7 @@ def build_module(cfg: DictConfig, datamodule=None) -> DiffusionModule:
         _convert_="all",  # plain lists in the hyperparameters, so checkpoints load with weights_only
         sample_shape=list(shape),
         net=instantiate(cfg.model, **model_args),
-        text_encoder=text_encoder,
+        conditioning=conditioning,
         schedule=instantiate(cfg.schedule),
         denoiser=instantiate(cfg.denoiser),
         loss=instantiate(cfg.loss),
@@ -41,6 +43,25 @@ def build_module(cfg: DictConfig, datamodule=None) -> DiffusionModule:
         guidance=instantiate(cfg.guidance) if cfg.get("guidance") else None,  # runs from before guidance: None
         **latent,
     )
+
+
+def net_args(cfg: DictConfig, conditioning: Conditioning) -> dict:
+    """The network's ``num_classes`` / ``context_dim`` as the conditioning decides them (filled in where the
+    model config leaves them null); a model that cannot take the condition, or that names another, is one line."""
+    wanted, args = conditioning.net_args(), {}
+    choice = OmegaConf.select(cfg, "conditioning._target_", default="Unconditional").rpartition(".")[2]
+    for key in ("num_classes", "context_dim"):
+        given = cfg.model.get(key)
+        if key in wanted and key not in cfg.model:
+            raise ConfigError(f"conditioning={choice} needs a network that takes it (model.{key}), but model "
+                              f"{cfg.model._target_} has none: use a U-Net or DiT model")
+        if given is None and key in wanted:
+            args[key] = wanted[key]
+        elif given is not None and given != wanted.get(key):
+            raise ConfigError(f"model.{key}={given} but conditioning={choice} gives the net {key}={wanted.get(key)}: "
+                              "choose what the model is conditioned on with conditioning=none|class|text_small|"
+                              f"text_clip|text_embeddings and leave model.{key} to it")
+    return args
 
 
 def build_latent(cfg: DictConfig, image_shape, model_args: dict) -> dict:
@@ -73,28 +94,13 @@ def build_latent(cfg: DictConfig, image_shape, model_args: dict) -> dict:
     return {"autoencoder": autoencoder, "autoencoder_info": info, "image_shape": list(image_shape)}
 
 
-def build_text_encoder(cfg: DictConfig):
-    """(the text encoder of ``cfg.text_encoder`` or None, extra model arguments): a text encoder sets the
-    network's ``context_dim`` to its embedding width unless the model config gives one."""
-    if not cfg.get("text_encoder"):
-        return None, {}
-    if "context_dim" not in cfg.model:
-        raise ConfigError(f"text_encoder= needs a network with cross-attention, but model {cfg.model._target_} has none "
-                          "(model.context_dim): use a U-Net or DiT model")
-    if cfg.model.get("num_classes") is not None:
-        raise ConfigError(f"text_encoder= with model.num_classes={cfg.model.num_classes}: a model is conditioned on "
-                          "class labels or on text, not both: set model.num_classes=null")
-    encoder = instantiate(cfg.text_encoder)
-    return encoder, ({"context_dim": encoder.dim} if cfg.model.get("context_dim") is None else {})
-
-
 def check_conditional_data(cfg: DictConfig) -> None:
     """A conditional model that takes ``num_classes`` from data that does not know it yet (a folder:
     one class per sub-folder, counted only when it is read) is a ConfigError asking for the number."""
-    model = cfg.get("model")
-    if model is None or "num_classes" not in model or not OmegaConf.is_interpolation(model, "num_classes"):
+    node = cfg.get("conditioning")
+    if node is None or "num_classes" not in node or not OmegaConf.is_interpolation(node, "num_classes"):
         return
     if cfg.data.get("num_classes") is None:
-        raise ConfigError("model.num_classes=${data.num_classes} but the data has no class labels (data.num_classes="
+        raise ConfigError("conditioning.num_classes=${data.num_classes} but the data has no class labels (data.num_classes="
                           "null): a class-conditional model needs the number of classes, e.g. data.num_classes=K "
                           "for a folder of K sub-folders, or a labelled dataset (digits, mnist, cifar10, gaussians8)")

@@ -46,7 +46,7 @@ from ddpm.runs.evaluate_autoencoder import evaluate_autoencoder, is_autoencoder_
 from ddpm.runs.load import load_run
 from ddpm.runs.train import quiet_lightning
 from ddpm.runs.validate import validate_evaluate_config
-from ddpm.training.prompts import check_prompts, sampling_condition
+from ddpm.training.conditioning import check_prompts, class_prompts_of
 from ddpm.training.speed import resolve_speed
 
 SHOWN = ("fid", "kid_mean", "is", "nll_bpd", "fd", "fd_floor", "accuracy",
@@ -153,25 +153,24 @@ def sample_labels(cfg: DictConfig, module, data_cfg=None) -> tuple[object, torch
     data's first caption template for class k ("a handwritten three"), so accuracy stays measurable.
     ``prompts``: a list of prompts for a text model, repeated to num_samples (``prompt_labels``: the class
     each prompt depicts, for metrics=[accuracy]). A scale, labels or prompts the model cannot take, or
-    a label outside [0, num_classes), is a ConfigError.
+    a label outside [0, num_classes), is a ConfigError (the conditioning's own line).
     """
-    choice, scale, num_classes = cfg.get("class_labels"), cfg.get("guidance_scale"), module.num_classes
+    choice, scale, conditioning = cfg.get("class_labels"), cfg.get("guidance_scale"), module.conditioning
     prompts, prompt_labels = plain(cfg.get("prompts")), plain(cfg.get("prompt_labels"))
-    text = getattr(module, "text", None) is not None
-    if prompts is not None and not text:
-        sampling_condition(prompts, None, num_classes, module.device)  # prompts to a label model: one line
-    if num_classes is None and not text:
+    if prompts is not None and not conditioning.needs_class_prompts:
+        conditioning.sampling_condition(prompts, module.device)  # prompts to a label model: one line
+    if not conditioning.conditional:
         for key, value in (("guidance_scale", scale), ("class_labels", choice)):
             if value is not None:
                 raise ConfigError(f"{key}={value} needs a class-conditional checkpoint; this run's model is "
-                                  "unconditional (model.num_classes=null, trained without labels): leave it unset")
+                                  "unconditional (conditioning=none, trained without labels): leave it unset")
         return None, None, None, ""
     n = cfg.num_samples
-    if text and prompts is not None:
+    scale = module.guidance_scale if scale is None else check_scale(scale)
+    if prompts is not None:
         if choice is not None:
             raise ConfigError(f"class_labels={choice!r} and prompts= were both given: give one of them")
         prompts = check_prompts(prompts)
-        cond = (prompts * -(-n // len(prompts)))[:n]
         labels = None
         if prompt_labels is not None:
             if not isinstance(prompt_labels, list) or len(prompt_labels) != len(prompts) or not all(
@@ -179,10 +178,11 @@ def sample_labels(cfg: DictConfig, module, data_cfg=None) -> tuple[object, torch
                 raise ConfigError(f"prompt_labels={prompt_labels!r} is not allowed: give one class label per prompt "
                                   f"({len(prompts)}), e.g. prompt_labels=[3] for prompts=['a handwritten three']")
             labels = torch.tensor(prompt_labels).repeat(-(-n // len(prompts)))[:n]
-        scale = module.guidance_scale if scale is None else check_scale(scale)
-        return cond, labels, scale, f"_s{scale:g}_prompts-" + slug(prompts)
-    if text:
-        num_classes = len(class_prompts(data_cfg, "class_labels"))
+        return (prompts * -(-n // len(prompts)))[:n], labels, scale, f"_s{scale:g}_prompts-" + slug(prompts)
+    table = class_prompts(data_cfg, "class_labels") if conditioning.needs_class_prompts else None
+    num_classes = conditioning.class_count(table)
+    if num_classes is None:  # no classes to ask for (prompt embeddings without an encoder): the empty prompt
+        return None, None, scale, f"_s{scale:g}"
     if choice is None or choice == "balanced":
         labels, tag = balanced_labels(n, num_classes), ""
     elif choice == "random":
@@ -194,29 +194,24 @@ def sample_labels(cfg: DictConfig, module, data_cfg=None) -> tuple[object, torch
     else:
         raise ConfigError(f"class_labels={choice!r} is not allowed: use balanced, random or a list of labels in "
                           f"[0, {num_classes}), e.g. class_labels=[3,5]")
-    scale = module.guidance_scale if scale is None else check_scale(scale)
-    cond = labels
-    if text:  # label k -> the data's class prompt, e.g. "a handwritten three"
-        table = class_prompts(data_cfg, "class_labels")
-        cond, tag = [table[int(k)] for k in labels], tag + "_class-prompts"
-    return cond, labels, scale, f"_s{scale:g}{tag}"
+    tag += "_class-prompts" if table is not None else ""  # label k -> the data's class prompt, "a handwritten three"
+    return conditioning.for_labels(labels, table), labels, scale, f"_s{scale:g}{tag}"
 
 
 def class_prompts(data_cfg, key: str) -> list[str]:
     """One prompt per class of a captioned dataset: its first caption template filled with each class name."""
-    names = None if data_cfg is None else data_cfg.get("class_names")
-    templates = None if data_cfg is None else data_cfg.get("caption_templates")
-    if not names or not templates:
+    table = None if data_cfg is None else class_prompts_of(data_cfg)
+    if table is None:
         raise ConfigError(f"{key}= on a text model needs the data's class names and caption templates "
                           "(data.class_names, data.caption_templates) to make one prompt per class: give prompts=[...] instead")
-    return [str(templates[0]).format(name=name, index=k) for k, name in enumerate(names)]
+    return table
 
 
 def labels_known(cfg: DictConfig, module) -> int | None:
     """Not None when the samples will have class labels (for metrics=[accuracy])."""
-    if getattr(module, "text", None) is not None:
-        return 1 if cfg.get("prompts") is None or cfg.get("prompt_labels") is not None else None
-    return module.num_classes
+    if cfg.get("prompts") is not None:
+        return 1 if cfg.get("prompt_labels") is not None else None
+    return module.conditioning.class_count(["a prompt"])  # None: no classes to ask for (unconditional, no encoder)
 
 
 def slug(prompts: list[str]) -> str:

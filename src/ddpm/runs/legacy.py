@@ -62,4 +62,29 @@ def upgrade_run_config(cfg: DictConfig) -> DictConfig:
                 "clip_denoised": sampler.pop("clip_denoised", True),
                 "variance": sampler.pop("variance", "fixed_small"),
             }
+        upgrade_conditioning(cfg)
     return cfg
+
+
+CONDITIONING = "ddpm.training.conditioning."
+
+
+def upgrade_conditioning(cfg: DictConfig) -> None:
+    """A diffusion run from before the ``conditioning`` group: its kind, spread over ``model.num_classes``,
+    ``model.context_dim``, ``module.p_uncond`` and ``text_encoder``, becomes one ``conditioning`` node."""
+    module, model = cfg.get("module"), cfg.get("model")
+    if "conditioning" in cfg or not isinstance(module, DictConfig) or not isinstance(model, DictConfig) \
+            or "DiffusionModule" not in str(module.get("_target_")):
+        return
+    raw = OmegaConf.to_container(model, resolve=False)  # keeps ${data.num_classes} an interpolation
+    p_uncond = module.pop("p_uncond", 0.1)
+    encoder = cfg.pop("text_encoder", None)
+    if encoder is not None or raw.get("context_dim") is not None:
+        cfg.conditioning = {"_target_": CONDITIONING + "TextConditioning", "encoder": encoder, "p_uncond": p_uncond,
+                            "context_dim": raw.get("context_dim"), "ema_decay": module.get("ema_decay", 0.9999),
+                            "ema_warmup": module.get("ema_warmup", True)}
+    elif raw.get("num_classes") is not None:
+        cfg.conditioning = {"_target_": CONDITIONING + "ClassConditioning", "num_classes": raw["num_classes"],
+                            "p_uncond": p_uncond}
+    else:
+        cfg.conditioning = {"_target_": CONDITIONING + "Unconditional"}

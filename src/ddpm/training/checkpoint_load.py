@@ -88,7 +88,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
 
 
 def _name(key: str) -> str:
-    return key.replace("._orig_mod", "")  # torch.compile's wrapper, absent from an eager module's names
+    key = key.replace("._orig_mod", "")  # torch.compile's wrapper, absent from an eager module's names
+    return "conditioning." + key[5:] if key.startswith("text.") else key  # a text encoder before the conditioning object
 
 
 def check_fits(module: torch.nn.Module, path: str | os.PathLike, state_dict: dict | None = None,

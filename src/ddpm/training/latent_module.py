@@ -23,7 +23,7 @@ from ddpm.errors import ConfigError
 from ddpm.training.latents import LatentCache, latent_scale, posterior_moments, scale_images
 from ddpm.training.module import DiffusionModule
 
-_NOT_SAVED = ["net", "schedule", "denoiser", "loss", "sampler", "optimizer", "guidance", "text_encoder",
+_NOT_SAVED = ["net", "schedule", "denoiser", "loss", "sampler", "optimizer", "guidance", "conditioning",
               "autoencoder", "autoencoder_info"]
 
 

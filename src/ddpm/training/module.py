@@ -8,7 +8,7 @@ Each concern lives in its own object; the module only calls them:
     speed switches                ``resolve_speed``   (ddpm.training.speed)
     per-t loss logging            ``LossByTimestep``  (ddpm.training.loss_log)
     skipping non-finite steps     ``NonFiniteGuard``  (ddpm.training.nonfinite)
-    text prompts                  ``PromptConditioning`` (ddpm.training.prompts)
+    what the net is conditioned on ``Conditioning``   (ddpm.training.conditioning)
 """
 
 from __future__ import annotations
@@ -21,17 +21,16 @@ from lightning.pytorch.utilities import rank_zero_info
 import torch
 from torch import Tensor, nn
 
-from ddpm.diffusion.conditions import TextCondition
 from ddpm.diffusion.denoiser import Denoiser
-from ddpm.diffusion.guidance import ClassifierFreeGuidance, check_labels, check_scale
+from ddpm.diffusion.guidance import ClassifierFreeGuidance, check_scale
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import ConfigError
 from ddpm.training.checkpoint_load import check_steps_left
+from ddpm.training.conditioning import ClassConditioning, Conditioning, TextConditioning, Unconditional
 from ddpm.training.ema import make_ema
 from ddpm.training.loss_log import LossByTimestep
 from ddpm.training.lr_schedule import warmup_then_cosine
 from ddpm.training.nonfinite import NonFiniteGuard
-from ddpm.training.prompts import PromptConditioning, sampling_condition
 from ddpm.training.speed import check_speed_options, resolve_speed
 
 
@@ -60,16 +59,13 @@ class DiffusionModule(L.LightningModule):
             or ``false``: eager. Compiling leaves the state dict (and so checkpoints) unchanged.
         max_nonfinite_steps: a step whose loss or gradient is not finite is skipped (weights, optimizer
             and EMA untouched) and counted (``train/nonfinite_steps``); this many in a row stop the run.
-        p_uncond: for a class-conditional net (``net.num_classes`` set), the probability that a
-            training label is replaced by the null class, so one network learns the conditional
-            and the unconditional model (Ho & Salimans 2022); 0 trains a purely conditional model.
         guidance: ``guidance(denoiser=, num_classes=, scale=) -> guided denoiser`` (a Hydra partial of
             ``ClassifierFreeGuidance``, ``conf/guidance/``): how a conditional model is sampled with
             labels, and its default scale. None: ``ClassifierFreeGuidance``'s defaults.
-        text_encoder: for a text-conditional net (``net.context_dim`` set): the prompt encoder
-            (``conf/text_encoder/``), ``forward(list[str]) -> (embeddings (B, L, context_dim), mask (B, L))``;
-            None for a net trained on precomputed embeddings only. Captions are dropped to the empty
-            prompt "" with probability ``p_uncond``.
+        conditioning: what the net is conditioned on (``conf/conditioning/``, ``ddpm.training.conditioning``):
+            it owns the null condition, the dropout of training conditions (p_uncond), a text encoder and
+            its EMA. None: the net's kind (an unconditional net: none; ``net.num_classes``: class labels
+            with p_uncond 0.1; ``net.context_dim``: precomputed prompt embeddings).
     """
 
     def __init__(
@@ -89,24 +85,17 @@ class DiffusionModule(L.LightningModule):
         channels_last: bool | str = "auto",
         compile: bool | str | None = "auto",
         max_nonfinite_steps: int = 20,
-        p_uncond: float = 0.1,
         guidance: Callable[..., ClassifierFreeGuidance] | None = None,
-        text_encoder: nn.Module | None = None,
+        conditioning: Conditioning | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "schedule", "denoiser", "loss", "sampler", "optimizer", "guidance",
-                                          "text_encoder"], logger=False)
+                                          "conditioning"], logger=False)
         if warmup_steps < 0:
             raise ConfigError(f"warmup_steps={warmup_steps!r} is not allowed: use 0 (no warm-up) or more")
-        if isinstance(p_uncond, bool) or not isinstance(p_uncond, (int, float)) or not 0.0 <= p_uncond <= 1.0:
-            raise ConfigError(f"module.p_uncond={p_uncond!r} is not allowed: use a probability in [0, 1] "
-                              "(0: purely conditional training)")
-        self.p_uncond = float(p_uncond)
-        self.num_classes: int | None = getattr(net, "num_classes", None)  # None: an unconditional (or text) model
-        self.context_dim: int | None = getattr(net, "context_dim", None)  # set: a text-conditional model
-        self.text = self.make_text_conditioning(text_encoder, ema_decay, ema_warmup)
+        self.conditioning = conditioning if conditioning is not None else conditioning_of(net)
+        self.conditioning.check_net(net)
         self.guidance = guidance or ClassifierFreeGuidance
-        self._labels_checked = False
         self.net = net
         self.schedule = schedule
         self.make_denoiser = denoiser
@@ -126,29 +115,23 @@ class DiffusionModule(L.LightningModule):
         self._finite: Tensor | None = None  # this step's device-side finite flag
         denoiser = self.denoiser()  # a bad denoiser option fails here, before any training
         getattr(loss, "check", lambda _: None)(denoiser)  # and a loss that cannot train this network's output
-        if self.num_classes is not None:
-            self.guided()  # and a bad guidance option
-
-    def make_text_conditioning(self, encoder: nn.Module | None, ema_decay: float, ema_warmup: bool):
-        if self.context_dim is None:
-            if encoder is not None:
-                raise ConfigError("text_encoder= was given but the network has no cross-attention (model.context_dim="
-                                  "null): use a text-conditional model, or drop the text encoder")
-            return None
-        dim = getattr(encoder, "dim", self.context_dim)
-        if dim != self.context_dim:
-            raise ConfigError(f"the text encoder gives embeddings of width {dim} but model.context_dim={self.context_dim}: "
-                              "they must match (leave model.context_dim unset to take the encoder's)")
-        return PromptConditioning(encoder, ema_decay, ema_warmup, self.context_dim)
+        if self.conditional:
+            self.guidance(denoiser=denoiser, num_classes=self.num_classes)  # and a bad guidance option
+        self._register_load_state_dict_pre_hook(renamed_text_state, with_module=True)
 
     @property
     def conditional(self) -> bool:
         """Whether the model takes a condition (class labels or text prompts) and samples with guidance."""
-        return self.num_classes is not None or self.text is not None
+        return self.conditioning.conditional
+
+    @property
+    def num_classes(self) -> int | None:
+        """K of a class-conditional model (label K: the null class); None otherwise."""
+        return self.conditioning.num_classes
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """What the optimizer trains: the network's parameters, and a jointly trained text encoder's."""
-        return [*self.net.parameters(), *(self.text.trainable_parameters() if self.text is not None else [])]
+        return [*self.net.parameters(), *self.conditioning.trainable_parameters()]
 
     # ---- the model as a denoiser ------------------------------------------------------------
     def denoiser(self, use_ema: bool = True) -> Denoiser:
@@ -159,9 +142,8 @@ class DiffusionModule(L.LightningModule):
         """The (EMA) denoiser of a conditional model under classifier-free guidance at ``guidance_scale``
         (s = 1 + w; None: the run's configured scale)."""
         scale = {} if guidance_scale is None else {"scale": check_scale(guidance_scale)}
-        if self.text is not None:
-            scale["null_condition"] = self.text.null(use_ema, self.device)
-        return self.guidance(denoiser=self.denoiser(use_ema), num_classes=self.num_classes, **scale)
+        return self.guidance(denoiser=self.denoiser(use_ema), **self.conditioning.guidance_args(use_ema, self.device),
+                             **scale)
 
     @property
     def guidance_scale(self) -> float | None:
@@ -188,19 +170,19 @@ class DiffusionModule(L.LightningModule):
         """
         if not self.conditional and guidance_scale is not None:
             raise ConfigError(f"guidance_scale={guidance_scale!r} needs a class-conditional or text model; this one is "
-                              "unconditional (model.num_classes=null): leave guidance_scale unset")
-        labels = sampling_condition(cond, self.text, self.num_classes, self.device, use_ema)
-        count = labels.batch_size if isinstance(labels, TextCondition) else None if labels is None else len(labels)
+                              "unconditional (conditioning=none): leave guidance_scale unset")
+        labels = self.conditioning.sampling_condition(cond, self.device, use_ema)
+        count = None if labels is None else len(labels[0] if isinstance(labels, tuple) else labels)
         if labels is not None and count != num_samples:
             raise ConfigError(f"{count} conditions (labels or prompts) for {num_samples} samples: give one per sample")
-        denoiser = self.denoiser(use_ema) if labels is None else self.guided(use_ema, guidance_scale)
-        if labels is None and self.text is not None:
-            denoiser = self.guided(use_ema, 0.0)  # the unconditional model: the empty prompt
+        if labels is not None:
+            denoiser = self.guided(use_ema, guidance_scale)
+        else:  # the unconditional model: the null class, the empty prompt
+            denoiser = self.guided(use_ema, 0.0) if self.conditional else self.denoiser(use_ema)
         was_training = self.training
         self.eval()
         x_T = torch.randn((num_samples, *self.sample_shape), generator=generator, device=self.device)
         x_T = x_T.contiguous(memory_format=self.memory_format) if x_T.ndim == 4 else x_T
-        labels = None if labels is None else labels.to(self.device)
         images = (sampler or self.sampler)(denoiser, self.schedule, x_T, generator, labels)
         self.train(was_training)
         return images.clamp(-1.0, 1.0)
@@ -230,9 +212,7 @@ class DiffusionModule(L.LightningModule):
         self._noise = torch.Generator(device=self.device)
         self._run_seed = torch.initial_seed()  # the run's seed, before _seed_noise reseeds the global generators
         self._seed_noise(global_generators=False)  # the data loaders are made after this with the run's seed
-        null = getattr(getattr(self._trainer, "datamodule", None), "null_condition", None)
-        if self.text is not None and null is not None:
-            self.text.set_null(null)  # precomputed embeddings: the data's empty prompt
+        self.conditioning.on_fit_start(getattr(self._trainer, "datamodule", None))
         self._noise_step = -1  # the first training step seeds all again, once Lightning has restored global_step
 
     def _seed_noise(self, global_generators: bool = True) -> None:
@@ -257,46 +237,15 @@ class DiffusionModule(L.LightningModule):
         return bool(every) and (self.global_step + 1) % every == 0
 
     def compute_loss(self, batch) -> tuple[Tensor, Tensor]:
-        """Per-sample losses (B,) of the raw network on a batch (images, or (images, labels)), and their t (B,).
-
-        A conditional net gets the labels as ``cond``, each replaced by the null class with
-        probability ``p_uncond`` (drawn from the per-rank noise generator before t and eps), so one
-        network learns both fields (Ho & Salimans 2022, Algorithm 1). An unconditional net ignores labels.
-        """
+        """Per-sample losses (B,) of the raw network on a batch (images, or (images, labels or captions)), and
+        their t (B,). The condition is the conditioning's (``training_condition``: labels or prompts, each
+        dropped to the null condition with probability p_uncond, drawn from the per-rank noise generator
+        before t and eps), so one network learns both fields (Ho & Salimans 2022, Algorithm 1)."""
         x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
         if x0.ndim == 4:
             x0 = x0.contiguous(memory_format=self.memory_format)
-        if self.text is not None:
-            cond = self.training_prompts(batch)
-        else:
-            cond = None if self.num_classes is None else self.training_labels(batch)
+        cond = self.conditioning.training_condition(batch, self._noise)
         return self.loss(self.denoiser(use_ema=False), x0, self._noise, cond)
-
-    def training_prompts(self, batch) -> TextCondition:
-        """The batch's captions encoded (B, L, D), each dropped to the empty prompt with probability p_uncond."""
-        if not isinstance(batch, (list, tuple)) or len(batch) < 2:
-            raise ConfigError("a text-conditional model (model.context_dim set) needs captioned batches (images, "
-                              "captions), but the data gives none: set data.captions=templates, sidecar or embeddings")
-        x0 = batch[0]
-        drop = None
-        if self.p_uncond > 0:
-            drop = torch.rand((x0.shape[0],), generator=self._noise, device=x0.device) < self.p_uncond  # (B,)
-        return self.text.training_condition(batch[1], drop)
-
-    def training_labels(self, batch) -> Tensor:
-        """The batch's labels (B,), each dropped to the null class ``num_classes`` with probability p_uncond."""
-        if not isinstance(batch, (list, tuple)) or len(batch) < 2:
-            raise ConfigError(f"model.num_classes={self.num_classes} needs labelled batches (images, labels), but the "
-                              "data gives none: use a labelled dataset or model.num_classes=null")
-        labels = batch[1]
-        if not self._labels_checked or labels.device.type == "cpu":  # on an accelerator: the first batch only (a sync)
-            check_labels(labels, self.num_classes, name="data labels")
-            self._labels_checked = True
-        labels = labels.long()
-        if self.p_uncond > 0:
-            drop = torch.rand(labels.shape, generator=self._noise, device=labels.device) < self.p_uncond  # (B,)
-            labels = torch.where(drop, self.num_classes, labels)
-        return labels
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         if self._noise_step != self.global_step:
@@ -329,15 +278,12 @@ class DiffusionModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["nonfinite_steps"] = self.nonfinite.state_dict()
-        null = self.text.state_for_checkpoint() if self.text is not None else None
-        if null is not None:
-            checkpoint["null_prompt"] = null  # the empty prompt of precomputed embeddings
+        self.conditioning.on_save_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "nonfinite_steps" in checkpoint:
             self.nonfinite.load_state_dict(checkpoint["nonfinite_steps"])
-        if self.text is not None and "null_prompt" in checkpoint:
-            self.text.set_null((checkpoint["null_prompt"]["embeddings"], checkpoint["null_prompt"]["mask"]))
+        self.conditioning.on_load_checkpoint(checkpoint)
         check_steps_left(self, checkpoint)
 
     def on_train_start(self) -> None:
@@ -375,8 +321,7 @@ class DiffusionModule(L.LightningModule):
         # A non-finite step was skipped by the optimizer (NonFiniteGuard); the EMA skips it too.
         super().optimizer_step(*args, **kwargs)
         self.ema.update_parameters(self.net, enabled=self._finite)
-        if self.text is not None:
-            self.text.update_ema(self._finite)
+        self.conditioning.update_ema(self._finite)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.trainable_parameters())
@@ -386,3 +331,19 @@ class DiffusionModule(L.LightningModule):
         decay = self.trainer.max_steps if self.cosine_decay else None
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_cosine(self.warmup_steps, decay))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def conditioning_of(net: nn.Module) -> Conditioning:
+    """The conditioning a net was built for, when none is given: class labels (p_uncond 0.1) for
+    ``net.num_classes``, precomputed prompt embeddings for ``net.context_dim``, else none."""
+    if getattr(net, "num_classes", None) is not None:
+        return ClassConditioning(net.num_classes)
+    if getattr(net, "context_dim", None) is not None:
+        return TextConditioning(context_dim=net.context_dim)
+    return Unconditional()
+
+
+def renamed_text_state(module, state_dict, prefix, *args) -> None:
+    """Checkpoints written before the conditioning object held the text encoder name it ``text.``."""
+    for key in [k for k in state_dict if k.startswith(prefix + "text.")]:
+        state_dict[prefix + "conditioning." + key[len(prefix) + 5:]] = state_dict.pop(key)

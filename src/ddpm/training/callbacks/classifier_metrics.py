@@ -10,10 +10,10 @@ import torch
 
 from ddpm.evaluation.classifier import DomainClassifier, load_or_train
 from ddpm.evaluation.classifier_metrics import frechet_to, label_accuracy
-from ddpm.evaluation.sampling import balanced_labels, generate_shard, shard_sizes
+from ddpm.evaluation.sampling import generate_shard, shard_sizes
 from ddpm.training.callbacks.fid import lightning_shard
 from ddpm.training.callbacks.periodic import EveryNSteps, check_sampled_evaluation
-from ddpm.training.prompts import class_prompts_of, conditions_for
+from ddpm.training.conditioning import class_prompts_of
 
 
 class ClassifierMetricsCallback(EveryNSteps):
@@ -68,12 +68,9 @@ class ClassifierMetricsCallback(EveryNSteps):
         if self.classifier is None:
             self.classifier = load_or_train(trainer.datamodule, self.cache_dir)
         shard = lightning_shard(trainer, pl_module)
-        num_classes = getattr(pl_module, "num_classes", None)
-        if getattr(pl_module, "text", None) is not None:  # a text model: the data's class prompts
-            num_classes = len(class_prompts_of(trainer.datamodule) or [])
-        labels = balanced_labels(self.num_samples, num_classes) if num_classes else None  # (N,) by index
-        cond = conditions_for(pl_module, trainer.datamodule, labels)  # labels, or their class prompts
-        labels = None if cond is None else labels  # no prompts to give (precomputed embeddings): no accuracy
+        # balanced classes (N,) by sample index: labels, or a text model's class prompts; no labels for a model
+        # that cannot be asked for a class (unconditional, precomputed embeddings): no accuracy
+        cond, labels = pl_module.conditioning.balanced(self.num_samples, class_prompts_of(trainer.datamodule))
         images, _ = generate_shard(pl_module, self.num_samples, self.batch_size, self.seed, self.sampler, cond,
                                    self.guidance_scale if labels is not None else None, shard.rank, shard.world)
         # (n, D), (n, K) float64 on the CPU, in batches of this rank's chunks (the batches of one process)

@@ -13,8 +13,8 @@ from ddpm.evaluation.distances import frechet_distance
 from ddpm.evaluation.feature_stats import FeatureStats
 from ddpm.evaluation.inception import Extractor, InceptionFeatures, extract_features
 from ddpm.evaluation.reference import Shard, reference_from_file, reference_statistics
-from ddpm.evaluation.sampling import balanced_labels, generate_shard, shard_sizes
-from ddpm.training.prompts import class_prompts_of, conditions_for
+from ddpm.evaluation.sampling import generate_shard, shard_sizes
+from ddpm.training.conditioning import class_prompts_of
 from ddpm.training.callbacks.periodic import EveryNSteps, check_sampled_evaluation
 
 
@@ -134,13 +134,10 @@ class FIDCallback(EveryNSteps):
             self.extractor.to(pl_module.device)
         shard = lightning_shard(trainer, pl_module)
         reference = self._reference(trainer, pl_module, shard)
-        labels = None  # a class-conditional model: balanced labels (by sample index), guided at the run's scale
-        num_classes = getattr(pl_module, "num_classes", None)
-        if getattr(pl_module, "text", None) is not None:  # a text model: the data's class prompts
-            num_classes = len(class_prompts_of(trainer.datamodule) or []) or None
-        if num_classes is not None:
-            labels = conditions_for(pl_module, trainer.datamodule, balanced_labels(self.num_samples, num_classes))
-        images, _ = generate_shard(pl_module, self.num_samples, self.batch_size, self.seed, self.sampler, labels,
+        # a conditional model: balanced classes (by sample index: labels, or a text model's class prompts),
+        # guided at the run's scale
+        cond, _ = pl_module.conditioning.balanced(self.num_samples, class_prompts_of(trainer.datamodule))
+        images, _ = generate_shard(pl_module, self.num_samples, self.batch_size, self.seed, self.sampler, cond,
                                    rank=shard.rank, world=shard.world)
         # the Inception batches are this rank's chunks, the batches one process would use; a rank
         # without chunks (fewer chunks than ranks) sends 0 rows of the features' width

@@ -12,7 +12,7 @@ from torchvision.utils import save_image
 from ddpm.errors import ConfigError
 from ddpm.plots.grid import image_grid
 from ddpm.training.callbacks.periodic import PeriodicDrawing, log_image
-from ddpm.training.prompts import check_prompts, class_prompts_of
+from ddpm.training.conditioning import check_prompts, class_prompts_of
 
 
 def with_progress(sampler):
@@ -75,13 +75,11 @@ class SampleGrid(PeriodicDrawing):
     def row_conditions(self, trainer: L.Trainer, pl_module):
         """None (unconditional), or per row k, per_class copies of class k's label or of the k-th prompt,
         drawn at the configured guidance scale."""
-        if getattr(pl_module, "text", None) is not None:
-            if pl_module.text.encoder is None:  # precomputed embeddings only: the empty prompt's samples
-                return None
-            prompts = self.prompts or class_prompts_of(getattr(trainer, "datamodule", None))
-            if prompts is None:
-                raise ConfigError("callbacks.sample_grid.prompts=null and the data has no class prompts: give the "
-                                  "grid's prompts, e.g. callbacks.sample_grid.prompts=['a handwritten three']")
-            return [p for p in prompts for _ in range(self.per_class)]
-        num_classes = getattr(pl_module, "num_classes", None)
-        return None if num_classes is None else torch.arange(num_classes).repeat_interleave(self.per_class)
+        conditioning = pl_module.conditioning
+        prompts = self.prompts or class_prompts_of(getattr(trainer, "datamodule", None))
+        count = conditioning.class_count(prompts)
+        if count is None and conditioning.needs_class_prompts:
+            raise ConfigError("callbacks.sample_grid.prompts=null and the data has no class prompts: give the "
+                              "grid's prompts, e.g. callbacks.sample_grid.prompts=['a handwritten three']")
+        return None if count is None else conditioning.for_labels(torch.arange(count).repeat_interleave(self.per_class),
+                                                                  prompts)
