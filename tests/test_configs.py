@@ -143,7 +143,7 @@ def test_experiment_composes_and_builds_its_module(name, tmp_path):
     if name.startswith("ldm_"):  # step 2 of latent diffusion needs an autoencoder of its data (random weights here)
         from test_latent import save_autoencoder
 
-        ae = [f"module.autoencoder_ckpt={save_autoencoder(tmp_path / 'ae', 0, 'data=' + name.removeprefix('ldm_'))}"]
+        ae = [f"codec.autoencoder_ckpt={save_autoencoder(tmp_path / 'ae', 0, 'data=' + name.removeprefix('ldm_'))}"]
     cfg = compose_train(f"experiment={name}", *ae, tmp_path=tmp_path)
     module = build_module(cfg)
     if name.startswith("autoencoder_"):  # latent diffusion's first stage (module=autoencoder)

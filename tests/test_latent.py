@@ -1,4 +1,4 @@
-"""Latent diffusion (module=latent): the scale factor, the frozen autoencoder, the checkpoint's record of
+"""Latent diffusion (codec=autoencoder): the scale factor, the frozen autoencoder, the checkpoint's record of
 which autoencoder, bad input, and a tiny run on the digits that trains, samples, decodes and evaluates."""
 
 import json
@@ -19,7 +19,7 @@ TINY_AE = ["data=digits", "model.base_channels=8", "model.channel_mult=[1]", "mo
            "model.attention=false"]
 LATENT = ["experiment=ldm_mnist", *TINY, "data=digits", "model=unet_latent", "model.base_channels=32",
           "model.num_res_blocks=1", "trainer.max_steps=2", "sampler.steps=3", "callbacks.sample_grid.every_n_steps=2",
-          "module.scale_images=256", "module.cache_latents=true"]
+          "codec.scale_images=256", "codec.cache_latents=true"]
 
 
 def save_autoencoder(run_dir, seed: int, *overrides: str) -> str:
@@ -55,7 +55,7 @@ def latent_run(tmp_path_factory, autoencoders):
     from ddpm.runs.train import train
 
     run = tmp_path_factory.mktemp("latent") / "run"
-    train(compose_train(*LATENT, f"module.autoencoder_ckpt={autoencoders[0]}", tmp_path=run))
+    train(compose_train(*LATENT, f"codec.autoencoder_ckpt={autoencoders[0]}", tmp_path=run))
     return run
 
 
@@ -106,8 +106,8 @@ def test_a_latent_run_trains_samples_decodes_and_evaluates_to_images_and_refuses
     keys = ckpt["state_dict"].keys()
     assert not any("autoencoder." in k or k.startswith("_autoencoder") for k in keys)  # the frozen AE is not saved
     ae_path, digest = ckpt["autoencoder"]["path"], ckpt["autoencoder"]["digest"]
-    assert bytes(ckpt["state_dict"]["autoencoder_digest"].tolist()).hex() == digest
-    assert OmegaConf.load(latent_run / "config.yaml").module.autoencoder_ckpt == ae_path
+    assert bytes(ckpt["state_dict"]["codec.autoencoder_digest"].tolist()).hex() == digest
+    assert OmegaConf.load(latent_run / "config.yaml").codec.autoencoder_ckpt == ae_path
     # the scale factor, computed at the start of the fit from 256 training images (seed 0)
     from ddpm.data.images import digits
     from ddpm.runs.autoencoder_load import load_autoencoder
@@ -117,7 +117,7 @@ def test_a_latent_run_trains_samples_decodes_and_evaluates_to_images_and_refuses
     assert info["digest"] == digest
     with torch.no_grad():
         posterior = ae.double().encode(scale_images(digits(), 256).double())
-    scale = float(ckpt["state_dict"]["scale_factor"])
+    scale = float(ckpt["state_dict"]["codec.scale_factor"])
     total = (scale * posterior.mean).var(unbiased=False) + (scale * posterior.std).square().mean()
     assert total.item() == pytest.approx(1.0, abs=1e-4)
     assert (latent_run / "samples" / "step_0000002.png").exists()
@@ -141,10 +141,10 @@ def test_a_latent_run_trains_samples_decodes_and_evaluates_to_images_and_refuses
 def test_the_frozen_autoencoder_gets_no_gradients_and_is_not_trained_or_saved(autoencoders, tmp_path):
     from ddpm.runs.build import build_module
 
-    cfg = compose_train(*LATENT, f"module.autoencoder_ckpt={autoencoders[0]}", "module.scale_factor=0.5",
+    cfg = compose_train(*LATENT, f"codec.autoencoder_ckpt={autoencoders[0]}", "codec.scale_factor=0.5",
                         tmp_path=tmp_path)
     module = build_module(cfg)
-    ae = module.autoencoder
+    ae = module.codec.autoencoder
     ae_params = {id(p) for p in ae.parameters()}
     assert ae_params and not ae_params & {id(p) for p in module.parameters()}
     assert not any(k.startswith(("autoencoder.", "_autoencoder")) for k in module.state_dict())
@@ -166,7 +166,7 @@ def test_a_latent_checkpoint_with_another_autoencoder_is_refused(latent_run, aut
     other = tmp_path / "run"
     (other / "checkpoints").mkdir(parents=True)
     cfg = OmegaConf.load(latent_run / "config.yaml")
-    cfg.module.autoencoder_ckpt = autoencoders[1]
+    cfg.codec.autoencoder_ckpt = autoencoders[1]
     OmegaConf.save(cfg, other / "config.yaml")
     (other / "checkpoints" / "last.ckpt").write_bytes((latent_run / "checkpoints" / "last.ckpt").read_bytes())
     with pytest.raises(ConfigError) as err:
@@ -174,7 +174,7 @@ def test_a_latent_checkpoint_with_another_autoencoder_is_refused(latent_run, aut
     message = str(err.value)
     assert "\n" not in message and load_digest(autoencoders[0]) in message and load_digest(autoencoders[1]) in message
     with pytest.raises(ConfigError, match="trained with the autoencoder of digest"):  # a resume is refused too
-        train(compose_train(*LATENT, f"module.autoencoder_ckpt={autoencoders[1]}", "trainer.max_steps=3",
+        train(compose_train(*LATENT, f"codec.autoencoder_ckpt={autoencoders[1]}", "trainer.max_steps=3",
                             f"ckpt_path={latent_run}/checkpoints/last.ckpt", tmp_path=tmp_path / "resumed"))
 
 
@@ -185,16 +185,16 @@ def load_digest(path: str) -> str:
 
 
 @pytest.mark.parametrize("overrides, match", [
-    ([], r"module=latent needs module.autoencoder_ckpt="),
+    ([], r"codec=autoencoder needs codec.autoencoder_ckpt="),
     (["data=mnist"], r"encodes 1x8x8 images but the data gives 1x28x28"),
     (["model.image_size=16"], r"model.image_size=16 but the autoencoder's latents are 4x8x8"),
-    (["module.scale_factor=-1"], r"module.scale_factor=-1 is not allowed"),
+    (["codec.scale_factor=-1"], r"codec.scale_factor=-1 is not allowed"),
     (["denoiser.clip_denoised=true"], r"denoiser.clip_denoised=true clips"),
 ])
 def test_bad_latent_input_is_one_line(overrides, match, autoencoders, tmp_path):
     from ddpm.runs.build import build_module
 
-    ckpt = [] if not overrides else [f"module.autoencoder_ckpt={autoencoders[0]}"]
+    ckpt = [] if not overrides else [f"codec.autoencoder_ckpt={autoencoders[0]}"]
     with pytest.raises(Exception) as err:
         build_module(compose_train(*LATENT, *ckpt, *overrides, tmp_path=tmp_path))
     error = root_config_error(err.value)  # what the entry points print (Hydra wraps a constructor's error)
@@ -205,5 +205,5 @@ def test_a_diffusion_checkpoint_given_as_the_autoencoder_is_one_line(latent_run,
     from ddpm.runs.build import build_module
 
     with pytest.raises(ConfigError, match="not of an autoencoder") as err:
-        build_module(compose_train(*LATENT, f"module.autoencoder_ckpt={latent_run}/checkpoints/last.ckpt", tmp_path=tmp_path))
+        build_module(compose_train(*LATENT, f"codec.autoencoder_ckpt={latent_run}/checkpoints/last.ckpt", tmp_path=tmp_path))
     assert "\n" not in str(err.value)

@@ -26,22 +26,22 @@ def build_module(cfg: DictConfig, datamodule=None) -> DiffusionModule:
         shape = (datamodule if datamodule is not None else instantiate(cfg.data)).sample_shape
     conditioning = instantiate(cfg.conditioning) if cfg.get("conditioning") else Unconditional()
     model_args = net_args(cfg, conditioning)
-    latent = build_latent(cfg, shape, model_args)  # module=latent: the frozen autoencoder; {} otherwise
-    if latent:
-        shape = latent["autoencoder_info"]["latent_shape"]  # the diffusion runs on (c, h, w) latents
+    codec = build_codec(cfg, shape, model_args)  # codec=autoencoder: the frozen autoencoder; pixels otherwise
+    if codec is not None:
+        shape = codec.latent_shape  # the diffusion runs on (c, h, w) latents
     return instantiate(
         cfg.module,
         _convert_="all",  # plain lists in the hyperparameters, so checkpoints load with weights_only
         sample_shape=list(shape),
         net=instantiate(cfg.model, **model_args),
         conditioning=conditioning,
+        codec=codec,
         schedule=instantiate(cfg.schedule),
         denoiser=instantiate(cfg.denoiser),
         loss=instantiate(cfg.loss),
         sampler=instantiate(cfg.sampler),
         optimizer=instantiate(cfg.optimizer),
         guidance=instantiate(cfg.guidance) if cfg.get("guidance") else None,  # runs from before guidance: None
-        **latent,
     )
 
 
@@ -64,34 +64,34 @@ def net_args(cfg: DictConfig, conditioning: Conditioning) -> dict:
     return args
 
 
-def build_latent(cfg: DictConfig, image_shape, model_args: dict) -> dict:
-    """For ``module=latent`` (a module config with ``autoencoder_ckpt``): the module's ``autoencoder``,
-    ``autoencoder_info`` and ``image_shape`` (the data's), the frozen autoencoder loaded by
-    ``ddpm.runs.autoencoder_load.load_autoencoder``; ``{}`` for any other module.
+def build_codec(cfg: DictConfig, image_shape, model_args: dict):
+    """For ``codec=autoencoder`` (a codec config with ``autoencoder_ckpt``): the ``LatentCodec`` of the frozen
+    autoencoder loaded by ``ddpm.runs.autoencoder_load.load_autoencoder``; None for pixels (the module's default).
 
-    ``module.autoencoder_ckpt`` becomes the resolved path in ``cfg`` itself, so the run's saved config
+    ``codec.autoencoder_ckpt`` becomes the resolved path in ``cfg`` itself, so the run's saved config
     names the file wherever it is evaluated from. The network takes the latents: ``model.in_channels``
     and ``model.image_size`` set to null are filled in from the latent shape (c, h, w) (into
     ``model_args``); values that differ from it are a ConfigError.
     """
-    if "autoencoder_ckpt" not in cfg.module.keys():  # (`in` alone is False for a missing ??? value)
-        return {}
-    if OmegaConf.is_missing(cfg.module, "autoencoder_ckpt") or not cfg.module.autoencoder_ckpt:
-        raise ConfigError("module=latent needs module.autoencoder_ckpt=RUN/checkpoints/last.ckpt, the checkpoint of an "
+    node = cfg.get("codec")
+    if node is None or "autoencoder_ckpt" not in node.keys():  # (`in` alone is False for a missing ??? value)
+        return None
+    if OmegaConf.is_missing(node, "autoencoder_ckpt") or not node.autoencoder_ckpt:
+        raise ConfigError("codec=autoencoder needs codec.autoencoder_ckpt=RUN/checkpoints/last.ckpt, the checkpoint of an "
                           "autoencoder run (python train.py experiment=autoencoder_mnist)")
     from ddpm.runs.autoencoder_load import load_autoencoder  # imports ddpm.runs.load, which imports this module
 
-    autoencoder, info = load_autoencoder(cfg.module.autoencoder_ckpt)
-    cfg.module.autoencoder_ckpt = info["path"]
+    autoencoder, info = load_autoencoder(node.autoencoder_ckpt)
+    node.autoencoder_ckpt = info["path"]
     c, h, w = info["latent_shape"]
     for key, value in (("in_channels", c), ("image_size", h)):
         given = cfg.model.get(key, value)
         if given is None:
             model_args[key] = value
         elif given != value:
-            raise ConfigError(f"model.{key}={given} but the autoencoder's latents are {c}x{h}x{w} (module.autoencoder_ckpt="
+            raise ConfigError(f"model.{key}={given} but the autoencoder's latents are {c}x{h}x{w} (codec.autoencoder_ckpt="
                               f"{info['path']}): set model.{key}={value}, or null to take it from the autoencoder")
-    return {"autoencoder": autoencoder, "autoencoder_info": info, "image_shape": list(image_shape)}
+    return instantiate(node, _convert_="all", autoencoder=autoencoder, autoencoder_info=info, image_shape=list(image_shape))
 
 
 def check_conditional_data(cfg: DictConfig) -> None:

@@ -304,9 +304,9 @@ def evaluate(cfg: DictConfig, feature_extractor: Extractor | None = None) -> dic
     if scores and extractor is None:  # fails early without weights (in every process: before the launch)
         extractor = InceptionFeatures(cfg.inception_weights)
     loaded = load_run(cfg.ckpt_path, denoiser_changes(cfg)) if cfg.ckpt_path else None  # before the launch too
-    if "nll" in metrics and loaded and getattr(loaded[2], "autoencoder", None) is not None:  # module=latent
+    if "nll" in metrics and loaded and loaded[2].codec.latent:  # codec=autoencoder
         raise ConfigError("metrics=[nll] on a latent diffusion model would be bits/dim of its autoencoder's latents, "
-                          "not of images: leave nll out (measure fd, fid) for a module=latent run")
+                          "not of images: leave nll out (measure fd, fid) for a codec=autoencoder run")
     fabric = launch(cfg)  # None: this one process
     shard = fabric_shard(fabric)
     device = fabric.device if fabric else torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -63,7 +63,22 @@ def upgrade_run_config(cfg: DictConfig) -> DictConfig:
                 "variance": sampler.pop("variance", "fixed_small"),
             }
         upgrade_conditioning(cfg)
+        upgrade_latent(cfg)
     return cfg
+
+
+LATENT_OPTIONS = ("autoencoder_ckpt", "scale_factor", "scale_images", "cache_latents", "max_cache_bytes")
+
+
+def upgrade_latent(cfg: DictConfig) -> None:
+    """A latent diffusion run from before the codec (``module=latent``, a ``LatentDiffusionModule`` subclass):
+    its autoencoder options become the ``codec`` node of ``codec=autoencoder``, its module a ``DiffusionModule``."""
+    module = cfg.get("module")
+    if not isinstance(module, DictConfig) or module.get("_target_") != "ddpm.training.latent_module.LatentDiffusionModule":
+        return
+    module._target_ = "ddpm.training.module.DiffusionModule"
+    cfg.codec = {"_target_": "ddpm.training.codec.LatentCodec",
+                 **{key: module.pop(key) for key in LATENT_OPTIONS if key in module}}
 
 
 CONDITIONING = "ddpm.training.conditioning."

@@ -157,13 +157,13 @@ TRAIN: tuple[tuple[str, Check], ...] = (
     ("module.disc_start", integer(0, what="an integer >= 0 (the step the discriminator starts at)")),
     ("module.disc_weight", number(0)),
     ("module.cosine_decay", boolean),
-    # module=latent (issue 15); a missing module.autoencoder_ckpt (???) is named where the module is built
-    ("module.autoencoder_ckpt", existing_file),
-    ("module.scale_factor", lambda v, cfg: None if v == "auto" or number(0, inclusive=False)(v, cfg) is None
+    # codec=autoencoder (issue 15); a missing codec.autoencoder_ckpt (???) is named where the module is built
+    ("codec.autoencoder_ckpt", existing_file),
+    ("codec.scale_factor", lambda v, cfg: None if v == "auto" or number(0, inclusive=False)(v, cfg) is None
         else "auto (1/std of the training latents) or a number > 0 such as 0.18215"),
-    ("module.scale_images", integer(2)),
-    ("module.cache_latents", one_of(True, False, "auto")),
-    ("module.max_cache_bytes", integer(0)),
+    ("codec.scale_images", integer(2)),
+    ("codec.cache_latents", one_of(True, False, "auto")),
+    ("codec.max_cache_bytes", integer(0)),
     ("trainer.max_steps", lambda v, cfg: None if v == -1 or integer(1)(v, cfg) is None
         else "an integer >= 1, or -1 (no step limit: trainer.max_epochs decides)"),
     ("trainer.log_every_n_steps", integer(1)),

@@ -87,9 +87,17 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     return checkpoint
 
 
+def current_name(key: str) -> str:
+    """A state-dict key as today's module names it: a text encoder was ``text.`` before the conditioning
+    object held it, a latent model's ``scale_factor`` and ``autoencoder_digest`` were the module's own
+    before the codec held them."""
+    if key.startswith("text."):
+        return "conditioning." + key[5:]
+    return "codec." + key if key in ("scale_factor", "autoencoder_digest") else key
+
+
 def _name(key: str) -> str:
-    key = key.replace("._orig_mod", "")  # torch.compile's wrapper, absent from an eager module's names
-    return "conditioning." + key[5:] if key.startswith("text.") else key  # a text encoder before the conditioning object
+    return current_name(key.replace("._orig_mod", ""))  # torch.compile's wrapper, absent from an eager module's names
 
 
 def check_fits(module: torch.nn.Module, path: str | os.PathLike, state_dict: dict | None = None,

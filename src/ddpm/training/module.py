@@ -9,6 +9,7 @@ Each concern lives in its own object; the module only calls them:
     per-t loss logging            ``LossByTimestep``  (ddpm.training.loss_log)
     skipping non-finite steps     ``NonFiniteGuard``  (ddpm.training.nonfinite)
     what the net is conditioned on ``Conditioning``   (ddpm.training.conditioning)
+    pixels or latents             ``codec``           (ddpm.training.codec)
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from ddpm.diffusion.denoiser import Denoiser
 from ddpm.diffusion.guidance import ClassifierFreeGuidance, check_scale
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import ConfigError
-from ddpm.training.checkpoint_load import check_steps_left
+from ddpm.training.checkpoint_load import check_steps_left, current_name
+from ddpm.training.codec import PixelCodec
 from ddpm.training.conditioning import ClassConditioning, Conditioning, TextConditioning, Unconditional
 from ddpm.training.ema import make_ema
 from ddpm.training.loss_log import LossByTimestep
@@ -66,6 +68,10 @@ class DiffusionModule(L.LightningModule):
             it owns the null condition, the dropout of training conditions (p_uncond), a text encoder and
             its EMA. None: the net's kind (an unconditional net: none; ``net.num_classes``: class labels
             with p_uncond 0.1; ``net.context_dim``: precomputed prompt embeddings).
+        codec: where data enter and samples leave (``conf/codec/``, ``ddpm.training.codec``): ``encode`` a
+            training batch's images to what the diffusion runs on, ``decode`` samples to images. None:
+            pixels (the identity); ``LatentCodec``: latent diffusion on a frozen autoencoder, and
+            ``sample_shape`` is then the latent shape (c, h, w).
     """
 
     def __init__(
@@ -87,15 +93,17 @@ class DiffusionModule(L.LightningModule):
         max_nonfinite_steps: int = 20,
         guidance: Callable[..., ClassifierFreeGuidance] | None = None,
         conditioning: Conditioning | None = None,
+        codec: PixelCodec | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "schedule", "denoiser", "loss", "sampler", "optimizer", "guidance",
-                                          "conditioning"], logger=False)
+                                          "conditioning", "codec"], logger=False)
         if warmup_steps < 0:
             raise ConfigError(f"warmup_steps={warmup_steps!r} is not allowed: use 0 (no warm-up) or more")
         self.conditioning = conditioning if conditioning is not None else conditioning_of(net)
         self.conditioning.check_net(net)
         self.guidance = guidance or ClassifierFreeGuidance
+        self.codec = codec if codec is not None else PixelCodec()
         self.net = net
         self.schedule = schedule
         self.make_denoiser = denoiser
@@ -114,10 +122,11 @@ class DiffusionModule(L.LightningModule):
         self._noise_step = -1  # the optimizer step the noise generator was last seeded for
         self._finite: Tensor | None = None  # this step's device-side finite flag
         denoiser = self.denoiser()  # a bad denoiser option fails here, before any training
+        self.codec.check_denoiser(denoiser)
         getattr(loss, "check", lambda _: None)(denoiser)  # and a loss that cannot train this network's output
         if self.conditional:
             self.guidance(denoiser=denoiser, num_classes=self.num_classes)  # and a bad guidance option
-        self._register_load_state_dict_pre_hook(renamed_text_state, with_module=True)
+        self._register_load_state_dict_pre_hook(renamed_state, with_module=True)
 
     @property
     def conditional(self) -> bool:
@@ -160,7 +169,8 @@ class DiffusionModule(L.LightningModule):
         cond: Any = None,
         guidance_scale: float | None = None,
     ) -> Tensor:
-        """Draw samples (N, *sample_shape) in [-1, 1]; x_T and all noise come from ``generator``.
+        """Draw samples in [-1, 1], decoded by the codec (N, C, H, W) (pixels: (N, *sample_shape)); x_T and all
+        noise come from ``generator``.
 
         ``cond``: class labels (N,) in [0, num_classes) of a class-conditional model, or prompts
         (list of N strings, or an encoded ``TextCondition``) of a text-conditional one, sampled with
@@ -183,7 +193,7 @@ class DiffusionModule(L.LightningModule):
         self.eval()
         x_T = torch.randn((num_samples, *self.sample_shape), generator=generator, device=self.device)
         x_T = x_T.contiguous(memory_format=self.memory_format) if x_T.ndim == 4 else x_T
-        images = (sampler or self.sampler)(denoiser, self.schedule, x_T, generator, labels)
+        images = self.codec.decode((sampler or self.sampler)(denoiser, self.schedule, x_T, generator, labels))
         self.train(was_training)
         return images.clamp(-1.0, 1.0)
 
@@ -213,6 +223,7 @@ class DiffusionModule(L.LightningModule):
         self._run_seed = torch.initial_seed()  # the run's seed, before _seed_noise reseeds the global generators
         self._seed_noise(global_generators=False)  # the data loaders are made after this with the run's seed
         self.conditioning.on_fit_start(getattr(self._trainer, "datamodule", None))
+        self.codec.on_fit_start(self)  # a latent codec's scale factor (auto) and cache
         self._noise_step = -1  # the first training step seeds all again, once Lightning has restored global_step
 
     def _seed_noise(self, global_generators: bool = True) -> None:
@@ -241,7 +252,7 @@ class DiffusionModule(L.LightningModule):
         their t (B,). The condition is the conditioning's (``training_condition``: labels or prompts, each
         dropped to the null condition with probability p_uncond, drawn from the per-rank noise generator
         before t and eps), so one network learns both fields (Ho & Salimans 2022, Algorithm 1)."""
-        x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
+        x0 = self.codec.encode(batch[0] if isinstance(batch, (list, tuple)) else batch, self._noise)  # (B, *sample_shape)
         if x0.ndim == 4:
             x0 = x0.contiguous(memory_format=self.memory_format)
         cond = self.conditioning.training_condition(batch, self._noise)
@@ -279,11 +290,13 @@ class DiffusionModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["nonfinite_steps"] = self.nonfinite.state_dict()
         self.conditioning.on_save_checkpoint(checkpoint)
+        self.codec.on_save_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "nonfinite_steps" in checkpoint:
             self.nonfinite.load_state_dict(checkpoint["nonfinite_steps"])
         self.conditioning.on_load_checkpoint(checkpoint)
+        self.codec.on_load_checkpoint(checkpoint)
         check_steps_left(self, checkpoint)
 
     def on_train_start(self) -> None:
@@ -343,7 +356,10 @@ def conditioning_of(net: nn.Module) -> Conditioning:
     return Unconditional()
 
 
-def renamed_text_state(module, state_dict, prefix, *args) -> None:
-    """Checkpoints written before the conditioning object held the text encoder name it ``text.``."""
-    for key in [k for k in state_dict if k.startswith(prefix + "text.")]:
-        state_dict[prefix + "conditioning." + key[len(prefix) + 5:]] = state_dict.pop(key)
+def renamed_state(module, state_dict, prefix, *args) -> None:
+    """Names in checkpoints from before the conditioning object and the codec (``ddpm.training.checkpoint_load``'s
+    ``current_name``): the text encoder was ``text.``, a latent model's buffers were the module's own."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        new = prefix + current_name(key[len(prefix):])
+        if new != key:
+            state_dict[new] = state_dict.pop(key)
