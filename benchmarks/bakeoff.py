@@ -58,14 +58,14 @@ BUDGET_STEPS = "BUDGET_STEPS"
 OURS = {
     "cpu": [("ours (mnist_cpu)", ["experiment=mnist_cpu"], []),  # its own sampler: ancestral DDPM, 50 steps
             ("ours (mnist_cpu, cosine decay to the budget)",
-             ["experiment=mnist_cpu", "module.cosine_decay=true", f"trainer.max_steps={BUDGET_STEPS}"], []),
+             ["experiment=mnist_cpu", "lr_schedule=cosine", f"trainer.max_steps={BUDGET_STEPS}"], []),
             ("ours (mnist_cpu_ddpm: before)", ["experiment=mnist_cpu_ddpm"], ["sampler=ddpm", "sampler.steps=50"])],
     "cuda": [("ours (mnist, v, min-SNR, cosine)", ["experiment=mnist", "denoiser.prediction_type=v",
                                                     "loss.min_snr_gamma=5", "schedule=cosine"], DPM20),
              ("ours (mnist)", ["experiment=mnist"], DPM20)],
-    "quick": [("ours (quick)", ["model=unet_tiny", "module.warmup_steps=5"], ["sampler=dpm_solver", "sampler.steps=5"]),
-              ("ours (quick, cosine decay to the budget)", ["model=unet_tiny", "module.warmup_steps=5",
-               "module.cosine_decay=true", f"trainer.max_steps={BUDGET_STEPS}"], ["sampler=dpm_solver", "sampler.steps=5"])],
+    "quick": [("ours (quick)", ["model=unet_tiny", "lr_schedule.warmup_steps=5"], ["sampler=dpm_solver", "sampler.steps=5"]),
+              ("ours (quick, cosine decay to the budget)", ["model=unet_tiny", "lr_schedule.warmup_steps=5",
+               "lr_schedule=cosine", f"trainer.max_steps={BUDGET_STEPS}"], ["sampler=dpm_solver", "sampler.steps=5"])],
 }
 SYSTEMS = ("ours", "diffusers", "lucidrains", "kdiffusion")
 

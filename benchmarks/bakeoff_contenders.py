@@ -192,8 +192,8 @@ def build_ours(setup: Setup, recipe: list[str], name: str | None = None, sampler
     return Contender(
         name or f"ours ({' '.join(recipe)})", "ours", " ".join(recipe), module.net, train_step, sample,
         f"{type(eval_sampler).__name__} {steps} steps", int(steps),
-        recipe=dict(optimizer=type(opt).__name__, lr=opt.param_groups[0]["initial_lr"], warmup=module.warmup_steps,
-                    lr_decay=f"cosine to 0 at step {cfg.trainer.max_steps}" if module.cosine_decay else "none",
+        recipe=dict(optimizer=type(opt).__name__, lr=opt.param_groups[0]["initial_lr"], warmup=cfg.lr_schedule.warmup_steps,
+                    lr_decay=f"cosine to 0 at step {cfg.lr_schedule.decay_steps}" if cfg.lr_schedule.decay_steps else "none",
                     ema=f"{module.hparams.ema_decay} (warm-up (1+n)/(10+n))",
                     loss=type(module.loss).__name__, prediction=cfg.denoiser.prediction_type,
                     schedule=cfg.schedule._target_.rsplit(".", 1)[-1], clip=clip, precision="bf16" if bf16 else "fp32"),

@@ -179,7 +179,7 @@ def trainer_row(args, arch: dict, device, peak: float, flops: float) -> dict:
                "trainer=gpu" if device.type == "cuda" else "trainer=cpu",
                f"trainer.precision={'bf16-mixed' if args.precision == 'bf16' else '32-true'}",
                f"trainer.max_steps={steps}", f"trainer.log_every_n_steps={window}", "trainer.gradient_clip_val=1.0",
-               "optimizer.lr=2e-4", "module.ema_decay=0.9999", "module.warmup_steps=0",
+               "optimizer.lr=2e-4", "module.ema_decay=0.9999", "lr_schedule.warmup_steps=0",
                f"module.compile={args.trainer_compile}", "callbacks.sample_grid=null",
                f"callbacks.checkpoint.every_n_train_steps={steps}", f"callbacks.throughput.every_n_steps={window}",
                f"callbacks.throughput.skip_steps={args.warmup}", "logger=csv", f"hydra.run.dir={run_dir}"]

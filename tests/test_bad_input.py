@@ -113,7 +113,7 @@ TRAIN_CASES = [
     ("sampler=ddim sampler.steps=21", "sampler.steps=21 is not allowed: use an integer from 1 to schedule.num_timesteps=20"),
     ("sampler=ddim sampler.steps=0", "sampler.steps=0 is not allowed"),
     ("sampler=dpm_solver sampler.steps=100", "sampler.steps=100 is not allowed"),
-    ("module.warmup_steps=-1", "module.warmup_steps=-1 is not allowed"),
+    ("lr_schedule.warmup_steps=-1", "lr_schedule.warmup_steps=-1 is not allowed"),
     ("module.ema_decay=1.5", "module.ema_decay=1.5 is not allowed: use a number from 0 to 1"),
     ("module.max_nonfinite_steps=0", "module.max_nonfinite_steps=0 is not allowed"),
     ("callbacks.sample_grid.num_samples=0", "callbacks.sample_grid.num_samples=0 is not allowed"),

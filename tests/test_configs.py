@@ -152,7 +152,7 @@ def test_experiment_composes_and_builds_its_module(name, tmp_path):
         assert isinstance(module, AutoencoderModule) and isinstance(module.autoencoder, get_class(cfg.model._target_))
         return
     assert isinstance(module, DiffusionModule) and isinstance(module.net, get_class(cfg.model._target_))
-    assert module.schedule.num_timesteps == cfg.schedule.num_timesteps and module.warmup_steps == cfg.module.warmup_steps
+    assert module.schedule.num_timesteps == cfg.schedule.num_timesteps and module.lr_schedule.keywords["warmup_steps"] == cfg.lr_schedule.warmup_steps
     assert_built_from(module.sampler, cfg.sampler)
 
 
@@ -195,7 +195,7 @@ def test_experiment_sets_only_what_its_defaults_do_not_already_give(name, tmp_pa
 
 def test_cifar10_experiment_is_the_paper_recipe(tmp_path):
     cfg = compose_train("experiment=cifar10_ddpm", tmp_path=tmp_path)
-    assert (cfg.data.batch_size, cfg.data.hflip, cfg.optimizer.lr, cfg.module.warmup_steps) == (128, True, 2e-4, 5000)
+    assert (cfg.data.batch_size, cfg.data.hflip, cfg.optimizer.lr, cfg.lr_schedule.warmup_steps) == (128, True, 2e-4, 5000)
     assert (cfg.trainer.gradient_clip_val, cfg.model.dropout, cfg.module.ema_decay) == (1.0, 0.1, 0.9999)
     assert (cfg.schedule._target_, cfg.schedule.num_timesteps, cfg.schedule.beta_start, cfg.schedule.beta_end) == (
         "ddpm.diffusion.schedules.linear", 1000, 1e-4, 0.02)

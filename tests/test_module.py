@@ -1,5 +1,6 @@
 """The LightningModule's own behaviour: EMA, warm-up, per-rank noise, sampling."""
 
+import functools
 import math
 from types import SimpleNamespace
 
@@ -11,6 +12,7 @@ from ddpm.diffusion import schedules
 from ddpm.training.ema import make_ema
 from ddpm.diffusion.denoiser import Denoiser
 from ddpm.diffusion.losses import SimpleLoss
+from ddpm.training.lr_schedule import warmup_cosine_lr
 from ddpm.training.module import DiffusionModule
 from ddpm.diffusion.samplers import DDPMSampler
 
@@ -70,7 +72,7 @@ def test_ema_averages_parameters_only_and_holds_no_schedule():
 
 
 def test_optimizer_sees_the_network_only_and_warms_up_linearly():
-    module = make_module(warmup_steps=4)
+    module = make_module(lr_schedule=functools.partial(warmup_cosine_lr, warmup_steps=4))
     config = module.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == sum(p.numel() for p in module.net.parameters())
@@ -83,8 +85,7 @@ def test_optimizer_sees_the_network_only_and_warms_up_linearly():
 
 
 def test_cosine_decay_falls_from_the_warmed_up_rate_to_zero_at_max_steps():
-    module = make_module(warmup_steps=4, cosine_decay=True)
-    module._trainer = SimpleNamespace(max_steps=20)  # what configure_optimizers reads of the trainer
+    module = make_module(lr_schedule=functools.partial(warmup_cosine_lr, warmup_steps=4, decay_steps=20))  # max_steps 20
     config = module.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     lrs = []

@@ -41,6 +41,7 @@ def build_module(cfg: DictConfig, datamodule=None) -> DiffusionModule:
         loss=instantiate(cfg.loss),
         sampler=instantiate(cfg.sampler),
         optimizer=instantiate(cfg.optimizer),
+        lr_schedule=instantiate(cfg.lr_schedule) if cfg.get("lr_schedule") else None,
         guidance=instantiate(cfg.guidance) if cfg.get("guidance") else None,  # runs from before guidance: None
     )
 

@@ -64,7 +64,22 @@ def upgrade_run_config(cfg: DictConfig) -> DictConfig:
             }
         upgrade_conditioning(cfg)
         upgrade_latent(cfg)
+        upgrade_lr_schedule(cfg)
     return cfg
+
+
+def upgrade_lr_schedule(cfg: DictConfig) -> None:
+    """A run from before the ``lr_schedule`` group: ``module.warmup_steps`` and ``module.cosine_decay`` (a cosine
+    to 0 at ``trainer.max_steps``) become the ``lr_schedule`` node."""
+    module = cfg.get("module")
+    if "lr_schedule" in cfg or not isinstance(module, DictConfig) or "warmup_steps" not in module \
+            or "DiffusionModule" not in str(module.get("_target_")):
+        return
+    decay = module.pop("cosine_decay", False)
+    max_steps = OmegaConf.select(cfg, "trainer.max_steps", default=None)
+    cfg.lr_schedule = {"_target_": "ddpm.training.lr_schedule.warmup_cosine_lr", "_partial_": True,
+                       "warmup_steps": module.pop("warmup_steps"),
+                       "decay_steps": max_steps if decay and max_steps is not None and max_steps > 0 else None}
 
 
 LATENT_OPTIONS = ("autoencoder_ckpt", "scale_factor", "scale_images", "cache_latents", "max_cache_bytes")

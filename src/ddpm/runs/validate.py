@@ -147,6 +147,7 @@ TRAIN: tuple[tuple[str, Check], ...] = (
     ("optimizer.lr", number(0, inclusive=False, what="a number > 0 such as 1e-3")),
     ("optimizer.weight_decay", number(0)),
     ("module.warmup_steps", integer(0)),
+    ("lr_schedule.warmup_steps", integer(0)),
     ("module.ema_decay", number(0, high=1, what="a number from 0 to 1 such as 0.999")),
     ("module.max_nonfinite_steps", integer(1)),
     # module=autoencoder (issue 15)

@@ -31,7 +31,7 @@ from ddpm.training.codec import PixelCodec
 from ddpm.training.conditioning import ClassConditioning, Conditioning, TextConditioning, Unconditional
 from ddpm.training.ema import make_ema
 from ddpm.training.loss_log import LossByTimestep
-from ddpm.training.lr_schedule import warmup_then_cosine
+from ddpm.training.lr_schedule import warmup_cosine_lr
 from ddpm.training.nonfinite import NonFiniteGuard
 from ddpm.training.speed import check_speed_options, resolve_speed
 
@@ -48,9 +48,9 @@ class DiffusionModule(L.LightningModule):
         sampler: the default sampler, ``sampler(denoiser, schedule, x_T, generator) -> x_0``.
         optimizer: a partial optimizer (Hydra ``_partial_``), called with the net's parameters.
         sample_shape: shape of one sample, e.g. (C, H, W) of the training images.
-        warmup_steps: linear learning-rate warm-up from 0 over this many optimizer steps.
-        cosine_decay: then a half cosine from the configured rate to 0 at ``trainer.max_steps``
-            (``training.lr_schedule``); False: constant after the warm-up.
+        lr_schedule: ``lr_schedule(optimizer) -> LambdaLR`` (a Hydra partial, ``conf/lr_schedule/``): a linear
+            warm-up, then constant or a half cosine to 0 at ``trainer.max_steps`` (``training.lr_schedule``).
+            None: the configured rate throughout.
         ema_decay: decay of the weight EMA (0.9999 for CIFAR-10 in the DDPM paper).
         ema_warmup: ramp the EMA decay up as min(decay, (1+n)/(10+n)).
         loss_buckets: log the loss averaged over this many equal ranges of t.
@@ -83,8 +83,7 @@ class DiffusionModule(L.LightningModule):
         sampler: Callable,
         optimizer: Callable[..., torch.optim.Optimizer],
         sample_shape: Sequence[int],
-        warmup_steps: int = 0,
-        cosine_decay: bool = False,
+        lr_schedule: Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LambdaLR] | None = None,
         ema_decay: float = 0.9999,
         ema_warmup: bool = True,
         loss_buckets: int = 10,
@@ -97,9 +96,7 @@ class DiffusionModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "schedule", "denoiser", "loss", "sampler", "optimizer", "guidance",
-                                          "conditioning", "codec"], logger=False)
-        if warmup_steps < 0:
-            raise ConfigError(f"warmup_steps={warmup_steps!r} is not allowed: use 0 (no warm-up) or more")
+                                          "conditioning", "codec", "lr_schedule"], logger=False)
         self.conditioning = conditioning if conditioning is not None else conditioning_of(net)
         self.conditioning.check_net(net)
         self.guidance = guidance or ClassifierFreeGuidance
@@ -111,7 +108,7 @@ class DiffusionModule(L.LightningModule):
         self.sampler = sampler
         self.optimizer_factory = optimizer
         self.sample_shape = tuple(sample_shape)
-        self.warmup_steps, self.cosine_decay = warmup_steps, bool(cosine_decay)
+        self.lr_schedule = lr_schedule or warmup_cosine_lr
         self.ema = make_ema(net, ema_decay, ema_warmup)
         self.loss_log = LossByTimestep(loss_buckets, schedule.num_timesteps)
         self.speed_options = check_speed_options(channels_last, compile)
@@ -341,8 +338,7 @@ class DiffusionModule(L.LightningModule):
         # the optimizer's hyper-parameters as configured (a resume restores the checkpoint's; on_train_start re-applies)
         self._configured_groups = [{k: v for k, v in group.items() if k in ("lr", "betas", "eps", "weight_decay", "momentum")}
                                    for group in optimizer.param_groups]
-        decay = self.trainer.max_steps if self.cosine_decay else None
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_cosine(self.warmup_steps, decay))
+        scheduler = self.lr_schedule(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
