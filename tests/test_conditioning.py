@@ -135,19 +135,6 @@ def make_module(num_classes=K, p_uncond=0.1, **kwargs):
                            **kwargs)
 
 
-@pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 1.0])
-def test_labels_are_dropped_to_the_null_class_at_rate_p_uncond(p):
-    module = make_module(p_uncond=p)
-    module._noise = torch.Generator().manual_seed(1)
-    n = 20_000
-    labels = torch.arange(n) % K
-    got = module.conditioning.training_condition((torch.zeros(n, 2), labels), module._noise)
-    dropped = got == K
-    assert torch.equal(got[~dropped], labels[~dropped])  # the rest keep their label
-    # the count of null labels is Binomial(n, p): within 5 standard deviations of n p
-    assert abs(int(dropped.sum()) - n * p) <= 5 * math.sqrt(n * p * (1 - p)) + 1e-9
-
-
 def test_unconditional_training_ignores_labels_and_draws_what_it_drew_before():
     module = make_module(num_classes=None)
     x0, labels = torch.randn(64, 2), torch.arange(64) % K

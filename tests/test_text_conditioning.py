@@ -1,66 +1,24 @@
-"""Text prompts from the batch through training to sampling, with stand-in encoder and network: the
-empty prompt as the null condition of guidance, caption dropping at rate p_uncond, the jointly
-trained encoder in the optimizer and its EMA, sampling from prompts, and one line per bad input."""
+"""Text prompts from the batch through training to sampling, with stand-in encoder and network
+(tests/text_standins.py): the empty prompt as the null condition of guidance, caption dropping at rate
+p_uncond, the jointly trained encoder in the optimizer and its EMA, sampling from prompts, and one line
+per bad input."""
 
 import functools
 import re
 
 import pytest
 import torch
-from torch import nn
 
 from ddpm.diffusion import schedules
 from ddpm.diffusion.conditions import TextCondition, cat_conditions
 from ddpm.diffusion.denoiser import Denoiser
-from ddpm.diffusion.guidance import ClassifierFreeGuidance
 from ddpm.diffusion.losses import SimpleLoss
 from ddpm.diffusion.samplers import DDIMSampler
 from ddpm.errors import ConfigError
-from ddpm.nets.cross_attention import CrossAttention, pooled_context, split_condition
 from ddpm.nets.mlp import MLPDenoiser
 from ddpm.training.conditioning import TextConditioning
 from ddpm.training.module import DiffusionModule
-
-D, L = 8, 6
-
-
-class CharEncoder(nn.Module):
-    """Stand-in text encoder: a learned vector per byte, a start token, padding to L; trainable."""
-
-    trainable, dim, max_length = True, D, L
-
-    def __init__(self):
-        super().__init__()
-        self.table = nn.Embedding(257, D)  # 256 bytes + the start token
-
-    def forward(self, prompts):
-        ids = torch.zeros(len(prompts), L, dtype=torch.long)
-        mask = torch.zeros(len(prompts), L, dtype=torch.bool)
-        for i, p in enumerate(prompts):
-            tokens = [256, *p.encode()[: L - 1]]
-            ids[i, : len(tokens)], mask[i, : len(tokens)] = torch.tensor(tokens), True
-        device = self.table.weight.device
-        return self.table(ids.to(device)), mask.to(device)
-
-
-class TextNet(nn.Module):
-    """Stand-in text-conditional net on 2-D points: cross-attention of x's one token over the prompt."""
-
-    num_classes = None
-
-    def __init__(self):
-        super().__init__()
-        self.context_dim = D
-        self.inp, self.t = nn.Linear(2, 16), nn.Embedding(1000, 16)
-        self.cross, self.pool, self.out = CrossAttention(16, D, 2), nn.Linear(D, 16), nn.Linear(16, 2)
-        nn.init.normal_(self.cross.proj.weight, std=0.3)
-
-    def forward(self, x, t, cond):
-        _, text = split_condition(cond)
-        emb, mask = text
-        h = self.inp(x) + self.t(t) + self.pool(pooled_context(emb, mask))  # (B, 16)
-        h = h + self.cross(h[:, None], emb, mask)[:, 0]
-        return 0.9 * torch.tanh(self.out(torch.tanh(h)))  # (B, 2)
+from text_standins import CharEncoder, D, L, TextNet
 
 
 def make_module(net=None, encoder="chars", p_uncond=0.1, denoiser=Denoiser, **kw):
@@ -76,23 +34,6 @@ def make_module(net=None, encoder="chars", p_uncond=0.1, denoiser=Denoiser, **kw
         sample_shape=(2,), conditioning=conditioning, compile=None, channels_last=False, **kw)
 
 
-def test_guidance_with_prompts_follows_eps_u_plus_s_times_the_difference():
-    module = make_module()
-    denoiser = module.denoiser(use_ema=False).replace(clip_denoised=False)
-    null = module.conditioning.encode([""], use_ema=False)
-    cond = module.conditioning.encode(["three", "a seven", "x"], use_ema=False)
-    x, t = torch.randn(3, 2), torch.tensor([10, 500, 999])
-    with torch.no_grad():
-        eps_c = denoiser(x, t, cond).eps.double()  # two separate calls, combined in float64
-        eps_u = denoiser(x, t, null.expand(3)).eps.double()
-        for s in (0.0, 1.0, 2.5):
-            guided = ClassifierFreeGuidance(denoiser, None, scale=s, null_condition=null)(x, t, cond)
-            torch.testing.assert_close(guided.eps.double(), eps_u + s * (eps_c - eps_u), rtol=1e-5, atol=1e-5)
-        # no prompt at all: the unconditional model, i.e. the empty prompt
-        guided = ClassifierFreeGuidance(denoiser, None, scale=3.0, null_condition=null)
-        torch.testing.assert_close(guided(x, t, None).eps.double(), eps_u)
-
-
 def test_the_text_condition_ops_keep_each_sample_its_own_prompt():
     a = TextCondition(torch.randn(2, L, D), torch.tensor([[1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]]).bool())
     b = TextCondition(torch.randn(1, L, D), torch.tensor([[1, 1, 1, 0, 0, 0]]).bool())
@@ -101,26 +42,6 @@ def test_the_text_condition_ops_keep_each_sample_its_own_prompt():
     mixed = a.where(torch.tensor([True, False]), b)
     assert torch.equal(mixed.embeddings[0], a.embeddings[0]) and torch.equal(mixed.embeddings[1], b.embeddings[0])
     assert torch.equal(mixed.mask, torch.tensor([[1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0]]).bool())
-
-
-@pytest.mark.parametrize("p_uncond", [0.0, 1.0])
-def test_captions_are_dropped_to_the_empty_prompt_at_rate_p_uncond(p_uncond):
-    module = make_module(p_uncond=p_uncond)
-    module._noise = torch.Generator().manual_seed(0)
-    captions = ["zero", "one", "two", "three"]
-    got = module.conditioning.training_condition((torch.randn(4, 2), captions), module._noise)
-    want = module.conditioning.encode([""] * 4 if p_uncond == 1.0 else captions, use_ema=False)
-    assert torch.equal(got.embeddings, want.embeddings) and torch.equal(got.mask, want.mask)
-
-
-def test_the_rate_of_dropped_captions_is_p_uncond():
-    module = make_module(p_uncond=0.3)
-    module._noise = torch.Generator().manual_seed(1)
-    null = module.conditioning.encode([""], use_ema=False).embeddings[0]
-    n = 4000
-    got = module.conditioning.training_condition((torch.randn(n, 2), ["seven"] * n), module._noise).embeddings  # (n, L, D)
-    dropped = (got == null).all(-1).all(-1).double().mean().item()
-    assert abs(dropped - 0.3) < 4 * (0.3 * 0.7 / n) ** 0.5  # binomial: within 4 standard deviations
 
 
 def test_a_jointly_trained_encoder_is_optimized_averaged_and_checkpointed():

@@ -12,7 +12,7 @@ DIFF="schedule.num_timesteps=20 data.batch_size=16 module.warmup_steps=2 trainer
  callbacks.progress_bar.refresh_rate=0 callbacks.sample_grid=null logger=none trainer.max_steps=200 callbacks.checkpoint.every_n_train_steps=0"
 UNET="model=unet_tiny model.channel_mult=[1] model.attn_resolutions=[]"
 run unconditional $UNET $DIFF
-run class experiment=digits_cfg sampler.steps=5 $UNET $DIFF
+run class experiment=digits_dit sampler.steps=5 model.hidden_size=32 model.depth=2 model.num_heads=2 model.mlp_ratio=1.0 $DIFF
 run text experiment=digits_text sampler.steps=5 model=unet_tiny model.channel_mult=[1] model.attn_resolutions=[8] $DIFF \
   text_encoder.dim=16 text_encoder.depth=1 text_encoder.max_length=32 text_encoder.tokenizer=chars
 run autoencoder experiment=autoencoder_mnist data=digits data.batch_size=16 module.warmup_steps=2 trainer.max_steps=50 \
