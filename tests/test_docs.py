@@ -2,7 +2,8 @@
 
 Every command in a fenced ``bash`` block, and every inline ``python ...`` command, is checked:
 - ``python train.py ...`` / ``python evaluate.py ...``: Hydra composes ``conf/train.yaml`` (or
-  ``conf/evaluate.yaml``) with its overrides, so a key, group or option that does not exist fails;
+  ``conf/evaluate.yaml``) with its overrides, so a key, group or option that does not exist fails, and
+  the entry point's value checks (``ddpm.runs.validate``, less those of the user's files) pass;
 - ``python benchmarks/X.py`` / ``python -m ddpm.X``: the script or module exists and defines each
   ``--option`` the command gives;
 - ``bash scripts/X.sh``, ``pip install``, ``python -m pytest``, ``export``: the files, extras, tests,
@@ -145,14 +146,33 @@ def config_name(c: Command) -> str:
     return {"train.py": "train", "evaluate.py": "evaluate"}[entry(c)]
 
 
+# checks of files the user names (RUN/checkpoints/last.ckpt): placeholders here
+USER_FILES = {"ckpt_path", "samples_path", "reference_path", "module.autoencoder_ckpt", "module.perceptual_path"}
+
+
+def value_checks(name: str):
+    """The entry point's checks of types, ranges and cross-field rules (``ddpm.runs.validate``), less USER_FILES."""
+    from ddpm.runs import validate
+
+    spec = {"train": validate.TRAIN, "evaluate": validate.EVALUATE}[name]
+    return tuple((key, check) for key, check in spec if key not in USER_FILES)
+
+
 @pytest.mark.parametrize("command", by_program("train.py", "evaluate.py"), ids=str)
-def test_every_train_and_evaluate_command_composes(command, compose):
+def test_every_train_and_evaluate_command_composes_and_passes_the_value_checks(command, compose):
+    from ddpm.errors import ConfigError
+    from ddpm.runs.validate import check_config
+
+    name = config_name(command)
     for overrides in sweep_points(hydra_overrides(command.argv)):
         try:
-            cfg = compose(config_name(command), overrides)
+            cfg = compose(name, overrides)
         except Exception as e:  # hydra's errors name the key or option
             pytest.fail(f"{command}\n  does not compose: {type(e).__name__}: {e}")
-        assert "seed" in cfg, command
+        try:
+            check_config(cfg, value_checks(name))
+        except ConfigError as e:
+            pytest.fail(f"{command}\n  is refused by {name}.py: {e}")
 
 
 def test_a_command_naming_a_key_or_option_that_does_not_exist_does_not_compose(compose):
@@ -163,6 +183,16 @@ def test_a_command_naming_a_key_or_option_that_does_not_exist_does_not_compose(c
             compose("train", bad)
     with pytest.raises(ConfigCompositionException):
         compose("evaluate", ["no_such_option=1"])
+
+
+def test_a_command_with_a_value_out_of_range_is_refused(compose):
+    from ddpm.errors import ConfigError
+    from ddpm.runs.validate import check_config
+
+    with pytest.raises(ConfigError, match="sampler.steps=2000"):
+        check_config(compose("train", ["sampler=ddim", "sampler.steps=2000"]), value_checks("train"))
+    with pytest.raises(ConfigError, match="num_samples=0"):
+        check_config(compose("evaluate", ["num_samples=0"]), value_checks("evaluate"))
 
 
 # ---- benchmarks, modules, scripts: they exist and define the options given -----------------------
