@@ -138,8 +138,16 @@ def compose():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    composed = {}  # a command given on two pages is composed once
+
+    def cached(name: str, overrides: list[str]):
+        key = (name, tuple(overrides))
+        if key not in composed:
+            composed[key] = hydra_compose(name, overrides=overrides, return_hydra_config=True)
+        return composed[key].copy()
+
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        yield lambda name, overrides: hydra_compose(name, overrides=overrides, return_hydra_config=True)
+        yield cached
 
 
 def config_name(c: Command) -> str:
