@@ -155,7 +155,7 @@ def config_name(c: Command) -> str:
 
 
 # checks of files the user names (RUN/checkpoints/last.ckpt): placeholders here
-USER_FILES = {"ckpt_path", "samples_path", "reference_path", "module.autoencoder_ckpt", "module.perceptual_path"}
+USER_FILES = {"ckpt_path", "samples_path", "reference_path", "codec.autoencoder_ckpt", "module.perceptual_path"}
 
 
 def value_checks(name: str):

@@ -1,5 +1,6 @@
 #!/bin/bash
-# The five runs of tests/data/kinds, trained by the code of commit bb9fe6c (200 steps each, 50 for the autoencoder, on the CPU).
+# The five runs of tests/data/kinds, trained by the code of commit bb9fe6c on the CPU
+# (200 steps each, 50 for the autoencoder).
 # usage: cd <checkout of bb9fe6c> && bash make_runs.sh RUNS [DEST]
 #   RUNS: where the runs are written (a run whose directory exists is skipped);
 #   DEST: where to copy what loading reads (DEST/<kind>/config.yaml, DEST/<kind>/checkpoints/last.ckpt),
