@@ -33,10 +33,14 @@ class Payload:
 
 
 def payload_checkpoint(path: pathlib.Path, marker: pathlib.Path) -> pathlib.Path:
-    """A checkpoint with real weights and one crafted object among them."""
+    """A checkpoint with real weights and one crafted object among them, checked to be live: torch.load without
+    weights_only runs it (so a missing marker in a test means it was refused, not that it was harmless)."""
     clean = torch.load(LEGACY_RUN / "checkpoints" / "last.ckpt", weights_only=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({**clean, "hyper_parameters": {"note": Payload(marker)}}, path)
+    torch.load(path, weights_only=False)
+    assert marker.exists(), "the crafted checkpoint no longer runs its payload: the refusal tests would prove nothing"
+    marker.unlink()
     return path
 
 
@@ -50,12 +54,6 @@ def one_line(text: str) -> str:
     lines = text.strip().splitlines()
     assert len(lines) == 1, text
     return lines[0]
-
-
-def test_the_payload_runs_when_unpickled_without_weights_only(tmp_path):
-    marker = tmp_path / "marker"
-    torch.load(payload_checkpoint(tmp_path / "x.ckpt", marker), weights_only=False)
-    assert marker.exists()  # so its absence below means it was refused, not that it was harmless
 
 
 def test_a_crafted_checkpoint_is_refused_by_load_run_with_one_line(tmp_path):
@@ -106,6 +104,10 @@ def test_resuming_from_a_crafted_checkpoint_runs_nothing_and_is_one_line(tmp_pat
 
 
 # (where in config.yaml, the node put there): each would touch the marker, or load a file that does
+LIVE = (0, 4, 5)  # the touch and torch.load cases run when instantiated unchecked (Hydra's own block-list stops exec and
+#                   os.system, not these): checked where they are used
+
+
 def crafted_nodes(marker: pathlib.Path, payload: pathlib.Path) -> list:
     return [
         ("model", {"_target_": "pathlib.Path.touch", "_args_": [str(marker)]}),
@@ -137,6 +139,10 @@ def test_a_config_naming_a_forbidden_target_is_refused_before_anything_is_built(
     run_dir, marker = clean_run(tmp_path), tmp_path / "marker"
     payload = payload_checkpoint(tmp_path / "payload.pt", marker)
     where, node = crafted_nodes(marker, payload)[case]
+    if case in LIVE:
+        instantiate(OmegaConf.create(node))
+        assert marker.exists(), f"{node['_target_']} no longer runs when instantiated: this case proves nothing"
+        marker.unlink()
     cfg = OmegaConf.load(run_dir / "config.yaml")
     key_path = put(cfg, where, node)
     OmegaConf.save(cfg, run_dir / "config.yaml")
@@ -146,17 +152,6 @@ def test_a_config_naming_a_forbidden_target_is_refused_before_anything_is_built(
     assert "\n" not in message and f"{key_path}={node['_target_']!r} is not allowed" in message
     assert str(run_dir / "config.yaml") in message
     assert not marker.exists()
-
-
-def test_the_crafted_targets_run_when_instantiated_unchecked(tmp_path):
-    """The touch and torch.load cases do create the marker without the allow-list (Hydra's own
-    block-list stops exec and os.system, not these)."""
-    marker = tmp_path / "marker"
-    payload = payload_checkpoint(tmp_path / "payload.pt", marker)
-    for i in (0, 4, 5):
-        instantiate(OmegaConf.create(crafted_nodes(marker, payload)[i][1]))
-        assert marker.exists()
-        marker.unlink()
 
 
 def test_an_interpolated_target_is_checked_as_resolved(tmp_path):
@@ -213,19 +208,16 @@ def test_checked_config_returns_the_resolved_config():
 
 
 def payload_weights(tmp_path, marker):
-    """An Inception weights file: a state dict of tensors with one crafted object among them."""
-    torch.save({"fc.weight": torch.zeros(2), "fc.bias": Payload(marker)}, tmp_path / "weights.pth")
-    return tmp_path / "weights.pth"
-
-
-def test_torch_fidelity_alone_would_run_a_crafted_inception_file(tmp_path):
+    """An Inception weights file: a state dict of tensors with one crafted object among them, checked to be live:
+    torch-fidelity alone would run it (it unpickles first, then finds the tensors wrong)."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    marker = tmp_path / "marker"
-    with pytest.raises(RuntimeError):  # it unpickles first, then finds the tensors wrong
-        FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                    feature_extractor_weights_path=str(payload_weights(tmp_path, marker)))
-    assert marker.exists()
+    torch.save({"fc.weight": torch.zeros(2), "fc.bias": Payload(marker)}, tmp_path / "weights.pth")
+    with pytest.raises(RuntimeError):
+        FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(tmp_path / "weights.pth"))
+    assert marker.exists(), "torch-fidelity no longer runs a crafted weights file: the refusal tests would prove nothing"
+    marker.unlink()
+    return tmp_path / "weights.pth"
 
 
 def test_inception_weights_must_be_a_state_dict_of_tensors(tmp_path):
