@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from conftest import compose_train
 from ddpm.data.datamodule import ImageDataModule

@@ -14,11 +14,9 @@ Each concern lives in its own object; the module only calls them:
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Callable, Sequence
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_info
 import torch
 from torch import Tensor, nn
 
@@ -28,12 +26,14 @@ from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import ConfigError
 from ddpm.training.checkpoint_load import check_steps_left, current_name
 from ddpm.training.codec import PixelCodec
-from ddpm.training.conditioning import ClassConditioning, Conditioning, TextConditioning, Unconditional
+from ddpm.training.conditioning import Conditioning, conditioning_of
 from ddpm.training.ema import make_ema
 from ddpm.training.loss_log import LossByTimestep
 from ddpm.training.lr_schedule import warmup_cosine_lr
 from ddpm.training.nonfinite import NonFiniteGuard
+from ddpm.training.optimizer_settings import configured_settings, reapply_settings
 from ddpm.training.speed import check_speed_options, resolve_speed
+from ddpm.training.step_noise import seed_step
 
 
 class DiffusionModule(L.LightningModule):
@@ -224,19 +224,9 @@ class DiffusionModule(L.LightningModule):
         self._noise_step = -1  # the first training step seeds all again, once Lightning has restored global_step
 
     def _seed_noise(self, global_generators: bool = True) -> None:
-        """Seed the generator of t and eps, and torch's global generators, from (seed, rank, optimizer step).
-
-        Per rank, so DDP ranks never draw the same t and eps although seed_everything gave them one
-        seed; per step, so a run resumed at any step draws the noise of the uninterrupted run with no
-        generator state to checkpoint. The global generators (CPU, and each GPU's default one) serve
-        what else the training step draws, such as dropout masks; they are seeded from the same key
-        too. Micro-batches of one step (gradient accumulation) continue the streams. Host ints only:
-        no device sync.
-        """
-        key = f"{self._run_seed}/{self.global_rank}/{self.global_step}".encode()
-        self._noise.manual_seed(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % 2**63)
-        if global_generators:
-            torch.manual_seed(int.from_bytes(hashlib.blake2b(key + b"/global", digest_size=8).digest(), "little") % 2**63)
+        """Seed the generator of t and eps (and torch's global ones) for this rank and optimizer step
+        (``training.step_noise``: a resumed run draws the noise of the uninterrupted one)."""
+        seed_step(self._noise, self._run_seed, self.global_rank, self.global_step, global_generators)
         self._noise_step = self.global_step
 
     def _is_logging_step(self) -> bool:
@@ -297,21 +287,9 @@ class DiffusionModule(L.LightningModule):
         check_steps_left(self, checkpoint)
 
     def on_train_start(self) -> None:
-        """On a resume, apply the optimizer settings of the config where they differ from the
-        checkpoint's (``optimizer.lr=...``, ``optimizer.weight_decay=...``, betas, eps), one line each."""
-        scheduler = self.lr_schedulers()
-        for group, configured in zip(scheduler.optimizer.param_groups, self._configured_groups, strict=True):
-            changed = {k: v for k, v in configured.items() if k != "lr" and k in group and group[k] != v}
-            for key, value in changed.items():
-                rank_zero_info(f"optimizer.{key}={value} (the checkpoint has {group[key]}): training continues with it")
-                group[key] = value
-        configured_lrs = [g["lr"] for g in self._configured_groups]
-        if list(scheduler.base_lrs) == configured_lrs:
-            return
-        rank_zero_info(f"optimizer.lr={configured_lrs} (the checkpoint has {scheduler.base_lrs}): training continues with it")
-        scheduler.base_lrs = list(configured_lrs)
-        for group, lr, factor in zip(scheduler.optimizer.param_groups, configured_lrs, scheduler.lr_lambdas, strict=True):
-            group["initial_lr"], group["lr"] = lr, lr * factor(scheduler.last_epoch)
+        """On a resume, the optimizer settings of the config where they differ from the checkpoint's
+        (``optimizer.lr=...``, ``optimizer.weight_decay=...``, betas, eps), one line each."""
+        reapply_settings(self.lr_schedulers(), self._configured_groups)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip as Lightning would, but let a fused optimizer clip under bf16 or fp32.
@@ -336,20 +314,9 @@ class DiffusionModule(L.LightningModule):
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.trainable_parameters())
         # the optimizer's hyper-parameters as configured (a resume restores the checkpoint's; on_train_start re-applies)
-        self._configured_groups = [{k: v for k, v in group.items() if k in ("lr", "betas", "eps", "weight_decay", "momentum")}
-                                   for group in optimizer.param_groups]
+        self._configured_groups = configured_settings(optimizer)
         scheduler = self.lr_schedule(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def conditioning_of(net: nn.Module) -> Conditioning:
-    """The conditioning a net was built for, when none is given: class labels (p_uncond 0.1) for
-    ``net.num_classes``, precomputed prompt embeddings for ``net.context_dim``, else none."""
-    if getattr(net, "num_classes", None) is not None:
-        return ClassConditioning(net.num_classes)
-    if getattr(net, "context_dim", None) is not None:
-        return TextConditioning(context_dim=net.context_dim)
-    return Unconditional()
 
 
 def renamed_state(module, state_dict, prefix, *args) -> None:
