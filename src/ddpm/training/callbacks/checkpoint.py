@@ -41,7 +41,7 @@ def where_the_fit_stopped(checkpoint: dict[str, Any], batches_per_epoch: float) 
     - at the epoch's last batch: the next epoch starts at its batch 0 (Lightning keeps the finished
       epoch's batch count, so the resumed next epoch ran out at once and the one after it began).
 
-    A checkpoint saved before the epoch's end ran (a periodic one, a stop on a signal) is left as it is.
+    A checkpoint saved before the epoch's end ran (a periodic one, a stop on a signal mid-epoch) is left as it is.
     """
     fit = checkpoint.get("loops", {}).get("fit_loop")
     if not fit or "epoch_progress" not in fit or "epoch_loop.batch_progress" not in fit:
