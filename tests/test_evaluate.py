@@ -95,6 +95,25 @@ def test_a_checkpoint_is_sampled_from_its_ema_weights_and_scored(run, standin, t
     assert [p.name for p in tmp_path.iterdir()] == ["mnist-train-n50-1x28px.npz"]
 
 
+def test_metrics_none_samples_the_checkpoint_and_writes_the_samples_without_scores(run, tmp_path):
+    # `python evaluate.py ckpt_path=RUN/checkpoints/last.ckpt metrics=[]`: no Inception, no reference, no data
+    run_dir, module = run
+    result = evaluate(config(f"ckpt_path={run_dir}/checkpoints/last.ckpt", "metrics=[]", "sampler=ddim", "sampler.steps=2",
+                             "num_samples=3", "batch_size=2", "inception_weights=/nowhere", f"reference_cache_dir={tmp_path}"))
+    out = run_dir / "eval" / "ddim_2_3"  # as for the same sampling with scores
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "samples.npz", "samples.png"]
+    with np.load(out / "samples.npz") as f:
+        images = f["images"]
+    again = [module.sample(n, torch.Generator().manual_seed(chunk_seed(0, c)), sampler=DDIMSampler(2, eta=0.0))
+             for c, n in ((0, 2), (1, 1))]
+    assert images.shape == (3, 28, 28, 1) and np.array_equal(images, to_uint8(torch.cat(again)))
+    written = json.loads((out / "metrics.json").read_text())
+    assert written == json.loads(json.dumps(result))
+    assert (written["sampler"], written["steps"], written["num_samples"]) == ("ddim", 2, 3)
+    assert not {"fid", "kid_mean", "is", "nll_bpd", "fd", "accuracy", "reference"} & set(written)
+    assert list(tmp_path.iterdir()) == []  # no reference statistics were made
+
+
 def test_samples_made_elsewhere_score_the_same_and_reuse_the_cached_reference(run, standin, tmp_path):
     run_dir, _ = run
     common = ["reference_count=50", f"reference_cache_dir={tmp_path}"]
@@ -207,6 +226,7 @@ def test_channels_last_and_bf16_sampling_give_nearly_the_fp32_images(run, standi
         ([], "give exactly one"),
         (["ckpt_path=a.ckpt", "samples_path=b.npz"], "give exactly one"),
         (["samples_path=b.npz", "metrics=[nll]"], "needs ckpt_path"),
+        (["samples_path=b.npz", "metrics=[]"], r"^metrics=\[\] with samples_path=b.npz does nothing: name the metrics"),
         (["samples_path=b.npz", "metrics=[fid,ssim]"], "'ssim'"),
         (["samples_path=b.npz", "denoiser.variance=fixed_large"], "denoiser.variance=fixed_large changes how a checkpoint"),
         (["ckpt_path=/nowhere/checkpoints/last.ckpt", "metrics=[nll]"], "'/nowhere/checkpoints/last.ckpt' is not a checkpoint"),

@@ -80,6 +80,30 @@ def test_resume_into_the_same_directory_appends_to_its_metrics_and_matches(whole
     assert_same_state(load(whole / "checkpoints" / "last.ckpt"), load(run_dir / "checkpoints" / "last.ckpt"))
 
 
+def epochs(run_dir) -> dict[int, str]:
+    """step -> epoch, for the metrics.csv rows with a train/loss."""
+    with open(run_dir / "csv" / "metrics.csv", newline="") as file:
+        return {int(r["step"]): r["epoch"] for r in csv.DictReader(file) if r["train/loss"]}
+
+
+def test_a_finished_run_extended_with_a_larger_max_steps_continues_mid_epoch_as_if_never_stopped(
+        whole, tmp_path, monkeypatch, capfd):
+    # `python train.py ... trainer.max_steps=6` stops mid-epoch 0 (112 batches an epoch) and saves last.ckpt
+    # at the end of training (6 is no multiple of the 4 between periodic checkpoints); then
+    # `python train.py resume=RUN trainer.max_steps=12` trains on to step 12: the run 12 steps straight.
+    first = [*TINY, *RUN, "trainer.max_steps=6", f"hydra.run.dir={tmp_path}"]
+    code, _, err = run_here("train.py", *first, monkeypatch=monkeypatch, capfd=capfd)
+    assert code == 0, err[-3000:]
+    stopped = load(tmp_path / "checkpoints" / "last.ckpt")
+    assert stopped["global_step"] == 6 and stopped["epoch"] == 0  # epoch 0 is not over: 6 of its 112 batches
+    assert stopped["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "batch": 6}]
+    code, _, err = run_here("train.py", f"resume={tmp_path}", "trainer.max_steps=12", monkeypatch=monkeypatch, capfd=capfd)
+    assert code == 0, err[-3000:]
+    assert_same_state(load(whole / "checkpoints" / "last.ckpt"), load(tmp_path / "checkpoints" / "last.ckpt"))
+    assert losses(tmp_path) == losses(whole)  # both parts' rows, every loss as in the straight run
+    assert epochs(tmp_path) == epochs(whole) == {step: "0" for step in (1, 3, 5, 7, 9, 11)}
+
+
 def test_device_batches_resume_at_the_batch_after_the_last_served_with_the_same_flips():
     images = torch.randint(0, 256, (40, 1, 2, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     ds = TensorImageDataset(images, torch.arange(40), max_value=255)
@@ -130,20 +154,45 @@ def test_new_optimizer_settings_apply_on_resume(whole, tmp_path, monkeypatch, ca
     assert lrs == {9: 2.5e-4}
 
 
-def test_the_toy_resumes_exactly_mid_epoch_and_across_an_epoch_end(tmp_path):
-    # 256 points in batches of 32: 8 batches an epoch, so step 4 is mid-epoch and step 8 an epoch's end.
-    toy = ["experiment=toy_spiral", "data.num_points=256", "data.batch_size=32", "trainer.max_steps=12",
-           "trainer.log_every_n_steps=2", "callbacks.checkpoint.every_n_train_steps=4", "callbacks.toy_plots=null",
-           "callbacks.progress_bar.refresh_rate=0"]
+# 256 points in batches of 32: 8 batches an epoch, so step 4 is mid-epoch and step 8 an epoch's end.
+TOY = ["experiment=toy_spiral", "data.num_points=256", "data.batch_size=32", "trainer.max_steps=12",
+       "trainer.log_every_n_steps=2", "callbacks.checkpoint.every_n_train_steps=4", "callbacks.toy_plots=null",
+       "callbacks.progress_bar.refresh_rate=0"]
+
+
+@pytest.fixture(scope="module")
+def toy_whole(tmp_path_factory):
     from ddpm.runs.train import train
 
-    train(compose_train(*toy, tmp_path=tmp_path / "whole"))
-    reference = load(tmp_path / "whole" / "checkpoints" / "last.ckpt")
+    run_dir = tmp_path_factory.mktemp("toy_whole")
+    train(compose_train(*TOY, tmp_path=run_dir))
+    return run_dir
+
+
+def test_the_toy_resumes_exactly_mid_epoch_and_across_an_epoch_end(toy_whole, tmp_path):
+    from ddpm.runs.train import train
+
+    reference = load(toy_whole / "checkpoints" / "last.ckpt")
     for step in (4, 8):
-        train(compose_train(*toy, f"ckpt_path={tmp_path / 'whole' / 'checkpoints' / f'step_{step:07d}.ckpt'}",
+        train(compose_train(*TOY, f"ckpt_path={toy_whole / 'checkpoints' / f'step_{step:07d}.ckpt'}",
                             tmp_path=tmp_path / f"from_{step}"))
         assert_same_state(reference, load(tmp_path / f"from_{step}" / "checkpoints" / "last.ckpt"))
-        assert losses(tmp_path / f"from_{step}") == {s: v for s, v in losses(tmp_path / "whole").items() if s > step}
+        assert losses(tmp_path / f"from_{step}") == {s: v for s, v in losses(toy_whole).items() if s > step}
+
+
+@pytest.mark.parametrize("stop, epoch", [(5, 0), (8, 1)])  # mid-epoch 0; at epoch 0's end, so epoch 1 is next
+def test_the_toy_stopped_by_max_steps_and_extended_continues_exactly(toy_whole, tmp_path, stop, epoch):
+    from ddpm.runs.train import train
+
+    # a checkpoint every 3 steps: last.ckpt at step 5 or 8 is the one saved when max_steps ends the fit
+    train(compose_train(*TOY, f"trainer.max_steps={stop}", "callbacks.checkpoint.every_n_train_steps=3", tmp_path=tmp_path))
+    stopped = load(tmp_path / "checkpoints" / "last.ckpt")
+    assert (stopped["global_step"], stopped["epoch"]) == (stop, epoch)
+    train(compose_train(*TOY, f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}", tmp_path=tmp_path / "extended"))
+    assert_same_state(load(toy_whole / "checkpoints" / "last.ckpt"), load(tmp_path / "extended" / "checkpoints" / "last.ckpt"))
+    # train/loss averages a logging window (2 steps): from step 5 on, row 5's window is cut by the stop
+    after = {s: v for s, v in losses(toy_whole).items() if s > stop}
+    assert {s: v for s, v in losses(tmp_path / "extended").items() if s > stop} == after
 
 
 def test_point_batches_split_ranks_and_resume_where_they_stopped():

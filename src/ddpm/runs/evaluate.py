@@ -4,7 +4,8 @@ and benchmarks call it in-process.
 Either a checkpoint is sampled from its EMA weights with the chosen sampler (and, for
 ``metrics=[nll]``, its variational bound measured on test images), or samples made elsewhere are
 read from an .npz; the samples are then scored (FID, KID, IS) against reference statistics of the
-training set or of a file. Everything lands in ``out_dir/metrics.json``.
+training set or of a file. Everything lands in ``out_dir/metrics.json``. ``metrics=[]`` samples a
+checkpoint and scores nothing: samples.npz, samples.png and metrics.json (the sampler, the time).
 
 ``devices=N`` (and ``num_nodes``) samples over N processes, launched by Lightning Fabric (DDP: gloo on
 CPUs, NCCL on GPUs; under torchrun or a SLURM job the processes are the job's): each samples its
@@ -273,6 +274,9 @@ def check_request(cfg: DictConfig) -> list[str]:
                           "give exactly one (a checkpoint to sample, or an .npz to score)")
     if "nll" in metrics and not cfg.ckpt_path:
         raise ConfigError("metrics=[nll] needs ckpt_path=...: the bound is a property of the model, not of samples")
+    if not metrics and cfg.samples_path:
+        raise ConfigError(f"metrics=[] with samples_path={cfg.samples_path} does nothing: name the metrics to score "
+                          "them with (e.g. metrics=[fid]); metrics=[] only samples a checkpoint (ckpt_path=...)")
     changes = denoiser_changes(cfg)
     if changes and not cfg.ckpt_path:
         given = " ".join(f"denoiser.{k}={v}" for k, v in changes.items())
@@ -323,7 +327,7 @@ def evaluate(cfg: DictConfig, feature_extractor: Extractor | None = None) -> dic
         denoiser = module.denoiser()
         result.update(ckpt_path=str(cfg.ckpt_path), denoiser=dict(prediction_type=denoiser.prediction_type,
                       clip_denoised=denoiser.clip_denoised, variance=denoiser.variance))
-        if scores or domain:
+        if scores or domain or not metrics:  # metrics=[]: the samples alone
             images, labels, out_dir, info = sample_run(cfg, module, run_dir, device, shard, data_cfg)
             result.update(info)
         else:

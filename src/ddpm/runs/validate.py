@@ -130,6 +130,63 @@ def wandb_project(v, cfg) -> str | None:
     return None if v is None or is_project(v) else PROJECT_ALLOWED
 
 
+# Lightning's precision values (2.x); the legacy 16 / 32 / 64 / "bf16" are accepted, not suggested.
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+_LEGACY_PRECISIONS = (16, 32, 64, "16", "32", "64", "bf16", "transformer-engine", "transformer-engine-float16")
+
+
+def precision(v, cfg) -> str | None:
+    return None if v in PRECISIONS + _LEGACY_PRECISIONS else "one of " + ", ".join(PRECISIONS)
+
+
+def accelerator(v, cfg) -> str | None:
+    """A Lightning accelerator name (its registry's, plus ``gpu`` and ``auto``); an object is left to Lightning."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    if not isinstance(v, str):
+        return None if isinstance(v, DictConfig) else "one of auto, cpu, gpu, cuda, mps, tpu"
+    names = sorted(AcceleratorRegistry.available_accelerators())
+    return None if v in {"auto", "gpu", *names} else "one of " + ", ".join(["auto", "gpu", *names])
+
+
+def _device_spec(v):
+    """``trainer.devices`` as Lightning reads it: a string "2", "-1" or "0,1" (quoted on the command line)
+    is a count or a list of indices; a list stays a list; anything else as it is."""
+    if OmegaConf.is_list(v):
+        return list(v)
+    if isinstance(v, str) and v != "auto":
+        try:
+            ints = [int(p) for p in v.split(",") if p.strip()]
+        except ValueError:
+            return v
+        return ints if "," in v else (ints[0] if ints else v)
+    return v
+
+
+def devices(v, cfg) -> str | None:
+    """How many devices, or which: on the CPU a number of processes >= 1 (or auto); elsewhere also -1
+    (every device) and a list of device indices. Whether the machine has them is Lightning's to say."""
+    spec = _device_spec(v)
+    if OmegaConf.select(cfg, "trainer.accelerator", default=None) == "cpu":
+        ok = spec == "auto" or (_is_int(spec) and spec >= 1)
+        return None if ok else "an integer >= 1 (CPU processes) or auto, as trainer.accelerator=cpu"
+    ok = spec == "auto" or (_is_int(spec) and (spec >= 1 or spec == -1)) or (
+        isinstance(spec, list) and len(spec) > 0 and all(_is_int(i) and i >= 0 for i in spec) and len(set(spec)) == len(spec))
+    return None if ok else "an integer >= 1, -1 (every device), auto, or a list of device indices such as [0,1]"
+
+
+def strategy(v, cfg) -> str | None:
+    """A Lightning strategy name (its registry's, plus ``auto``); an object is left to Lightning."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    if isinstance(v, DictConfig):
+        return None
+    names = StrategyRegistry.available_strategies()
+    if v in {"auto", *names}:
+        return None
+    return "auto, ddp, ddp_spawn, fsdp, deepspeed or another name of lightning.pytorch.strategies.StrategyRegistry"
+
+
 SEED = integer(0, 2**32 - 1)
 TRAIN: tuple[tuple[str, Check], ...] = (
     ("seed", SEED),
@@ -167,6 +224,13 @@ TRAIN: tuple[tuple[str, Check], ...] = (
     ("codec.max_cache_bytes", integer(0)),
     ("trainer.max_steps", lambda v, cfg: None if v == -1 or integer(1)(v, cfg) is None
         else "an integer >= 1, or -1 (no step limit: trainer.max_epochs decides)"),
+    ("trainer.accelerator", accelerator),
+    ("trainer.devices", devices),
+    ("trainer.num_nodes", integer(1)),
+    ("trainer.strategy", strategy),
+    ("trainer.precision", precision),
+    ("trainer.max_epochs", optional(lambda v, cfg: None if v == -1 or integer(1)(v, cfg) is None
+                                    else "an integer >= 1, or -1 (no epoch limit)", ", or null")),
     ("trainer.log_every_n_steps", integer(1)),
     ("trainer.accumulate_grad_batches", integer(1)),
     ("trainer.gradient_clip_val", optional(number(0))),

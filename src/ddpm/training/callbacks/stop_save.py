@@ -16,6 +16,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from ddpm.training.lightning_private import cluster_environment, hpc_save_path, slurm_save_and_requeue, stop_after_this_step
+
 # What a rank received, as a number all ranks can agree on with one MAX all-reduce: requeue wins over
 # a stop (the job must come back), a stop (SIGTERM) over Ctrl+C (the same save, another exit code).
 _NONE, _INT, _TERM, _REQUEUE = 0, 1, 2, 3
@@ -24,7 +26,7 @@ _NONE, _INT, _TERM, _REQUEUE = 0, 1, 2, 3
 def slurm_requeue_signal(trainer: L.Trainer) -> int | None:
     """The signal on which Lightning's SLURMEnvironment saves and requeues (USR1 unless configured
     otherwise), or None when not on SLURM or ``auto_requeue=False``."""
-    environment = trainer._accelerator_connector.cluster_environment
+    environment = cluster_environment(trainer)
     if isinstance(environment, SLURMEnvironment) and environment.auto_requeue and environment.requeue_signal:
         return int(environment.requeue_signal)
     return None
@@ -105,7 +107,7 @@ class StopSave(L.Callback):
         by_code = {code: s for s, code in self._codes.items()}
         self.signum = by_code[received]
         # Lightning raises SIGTERMException after this step (training_epoch_loop: `received_sigterm`).
-        trainer._signal_connector.received_sigterm = True
+        stop_after_this_step(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._restore()
@@ -127,8 +129,8 @@ class StopSave(L.Callback):
         if self._codes.get(signum) == _REQUEUE and not requeues_spent(self.max_requeues):
             # Lightning's SLURM handler, at the step boundary: hpc_ckpt_N.ckpt (every rank calls it, rank
             # 0 writes), then rank 0 runs `scontrol requeue` for the job (or its array task).
-            path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
-            trainer._signal_connector._slurm_sigusr_handler_fn(signum, None)
+            path = hpc_save_path(trainer)
+            slurm_save_and_requeue(trainer, signum)
             self._say(f"{name} at step {trainer.global_step}: saved {path}, job requeued; it resumes from there")
         else:  # a stop, or a requeue signal once max_requeues are spent
             if self._codes.get(signum) == _REQUEUE:
