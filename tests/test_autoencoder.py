@@ -14,7 +14,7 @@ from ddpm.errors import ConfigError
 from ddpm.evaluation.distances import check_metrics
 from ddpm.evaluation.reconstruction import psnr
 from ddpm.nets.autoencoder import KLAutoencoder, weights_digest
-from ddpm.training.autoencoder_loss import adaptive_weight, hinge_d_loss, reconstruction_loss
+from ddpm.autoencoding.loss import adaptive_weight, hinge_d_loss, reconstruction_loss
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for the module

@@ -11,17 +11,19 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ddpm"
 MAY_IMPORT = {
     "errors": set(),
     "diffusion": {"errors", "diffusion"},
+    "autoencoding": {"errors", "autoencoding"},
     "nets": {"errors", "nets"},
     "data": {"errors", "data"},
     "evaluation": {"errors", "data", "diffusion", "evaluation"},
     "plots": {"errors", "data", "diffusion", "evaluation", "plots"},
-    "training": {"errors", "data", "diffusion", "nets", "evaluation", "plots", "training"},
-    "runs": {"errors", "data", "diffusion", "nets", "evaluation", "plots", "training", "runs"},
+    "training": {"errors", "data", "diffusion", "autoencoding", "nets", "evaluation", "plots", "training"},
+    "runs": {"errors", "data", "diffusion", "autoencoding", "nets", "evaluation", "plots", "training", "runs"},
 }
 # layer -> third-party packages it must not import: the math stays plain PyTorch, apart from
 # Lightning, Hydra and the figures
 MUST_NOT_IMPORT = {
     "diffusion": {"lightning", "hydra", "omegaconf", "matplotlib", "torchvision"},
+    "autoencoding": {"lightning", "hydra", "omegaconf", "matplotlib", "torchvision"},
     "nets": {"lightning", "hydra", "omegaconf", "matplotlib"},
     "data": {"hydra", "omegaconf", "matplotlib"},
     "evaluation": {"lightning", "hydra", "omegaconf"},

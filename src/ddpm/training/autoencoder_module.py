@@ -2,7 +2,7 @@
 
 Rombach et al. 2022 (Sec. 3, App. G): reconstruction + a small KL towards N(0, I) keeps the latent
 space smooth and of bounded scale for the diffusion model trained on it later; the adversarial term
-(Esser et al. 2021) sharpens the reconstructions. The loss math is in ``ddpm.training.autoencoder_loss``.
+(Esser et al. 2021) sharpens the reconstructions. The loss math is in ``ddpm.autoencoding.loss``.
 
 Without a discriminator Lightning optimizes as for the diffusion model (gradient clipping, warm-up,
 accumulation). With one, this module steps both optimizers itself (manual optimization): the
@@ -22,7 +22,7 @@ from ddpm.errors import ConfigError
 from ddpm.nets.autoencoder import KLAutoencoder
 from ddpm.training.checkpoint_load import check_steps_left
 from ddpm.training.lr_schedule import warmup_then_cosine
-from ddpm.training.autoencoder_loss import (Perceptual, adaptive_weight, check_autoencoder_loss_options, hinge_d_loss,
+from ddpm.autoencoding.loss import (Perceptual, adaptive_weight, check_autoencoder_loss_options, hinge_d_loss,
                                             reconstruction_loss)
 
 
