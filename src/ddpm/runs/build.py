@@ -6,25 +6,30 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm.errors import ConfigError
-from ddpm.runs.build_autoencoder import build_autoencoder_module, is_autoencoder_config
+from ddpm.runs.autoencoder_load import load_autoencoder
+from ddpm.runs.build_autoencoder import build_autoencoder_module
+from ddpm.runs.run_config import module_kind
 from ddpm.training.module import DiffusionModule
 
 
 def build_module(cfg: DictConfig, datamodule=None) -> DiffusionModule:
-    """The DiffusionModule of a train config (groups model, schedule, denoiser, loss, sampler, optimizer,
-    guidance, module).
+    """The module of a train config, of the kind ``module_kind`` names: for ``diffusion`` and ``latent`` the
+    DiffusionModule (groups model, schedule, denoiser, loss, sampler, optimizer, guidance, module; a
+    latent one with its frozen autoencoder), for ``autoencoder`` the AutoencoderModule
+    (``build_autoencoder_module``).
 
     ``module.sample_shape: null`` takes the shape of one sample from the datamodule (built from
     ``cfg.data`` when not given; nothing is read from disk).
     """
-    if is_autoencoder_config(cfg):  # module=autoencoder: latent diffusion's first stage
+    kind = module_kind(cfg)
+    if kind == "autoencoder":  # latent diffusion's first stage
         return build_autoencoder_module(cfg, datamodule)
     check_conditional_data(cfg)
     shape = cfg.module.get("sample_shape")
     if shape is None:
         shape = (datamodule if datamodule is not None else instantiate(cfg.data)).sample_shape
     text_encoder, model_args = build_text_encoder(cfg)
-    latent = build_latent(cfg, shape, model_args)  # module=latent: the frozen autoencoder; {} otherwise
+    latent = build_latent(cfg, shape, model_args) if kind == "latent" else {}  # the frozen autoencoder
     if latent:
         shape = latent["autoencoder_info"]["latent_shape"]  # the diffusion runs on (c, h, w) latents
     return instantiate(
@@ -44,22 +49,17 @@ def build_module(cfg: DictConfig, datamodule=None) -> DiffusionModule:
 
 
 def build_latent(cfg: DictConfig, image_shape, model_args: dict) -> dict:
-    """For ``module=latent`` (a module config with ``autoencoder_ckpt``): the module's ``autoencoder``,
-    ``autoencoder_info`` and ``image_shape`` (the data's), the frozen autoencoder loaded by
-    ``ddpm.runs.autoencoder_load.load_autoencoder``; ``{}`` for any other module.
+    """For ``module=latent``: the module's ``autoencoder``, ``autoencoder_info`` and ``image_shape`` (the
+    data's), the frozen autoencoder loaded by ``ddpm.runs.autoencoder_load.load_autoencoder``.
 
     ``module.autoencoder_ckpt`` becomes the resolved path in ``cfg`` itself, so the run's saved config
     names the file wherever it is evaluated from. The network takes the latents: ``model.in_channels``
     and ``model.image_size`` set to null are filled in from the latent shape (c, h, w) (into
     ``model_args``); values that differ from it are a ConfigError.
     """
-    if "autoencoder_ckpt" not in cfg.module.keys():  # (`in` alone is False for a missing ??? value)
-        return {}
     if OmegaConf.is_missing(cfg.module, "autoencoder_ckpt") or not cfg.module.autoencoder_ckpt:
         raise ConfigError("module=latent needs module.autoencoder_ckpt=RUN/checkpoints/last.ckpt, the checkpoint of an "
                           "autoencoder run (python train.py experiment=autoencoder_mnist)")
-    from ddpm.runs.autoencoder_load import load_autoencoder  # imports ddpm.runs.load, which imports this module
-
     autoencoder, info = load_autoencoder(cfg.module.autoencoder_ckpt)
     cfg.module.autoencoder_ckpt = info["path"]
     c, h, w = info["latent_shape"]

@@ -44,8 +44,8 @@ from ddpm.plots.likelihood import bound_by_range, write_bound_terms
 from ddpm.runs.classifier_eval import check_classifier_request, classifier_eval, classifier_metrics_of
 from ddpm.runs.evaluate_autoencoder import evaluate_autoencoder, is_autoencoder_checkpoint
 from ddpm.runs.load import load_run
-from ddpm.runs.train import quiet_lightning
 from ddpm.runs.validate import validate_evaluate_config
+from ddpm.training.logs.console import quiet_lightning
 from ddpm.training.prompts import check_prompts, sampling_condition
 from ddpm.training.speed import resolve_speed
 

@@ -34,9 +34,8 @@ from ddpm.evaluation.reconstruction import psnr
 from ddpm.evaluation.reference import reference_from_file
 from ddpm.plots.grid import image_grid
 from ddpm.runs.autoencoder_load import load_autoencoder
-from ddpm.runs.build_autoencoder import is_autoencoder_config
 from ddpm.runs.classifier_eval import classifier_eval
-from ddpm.runs.load import read_run_config
+from ddpm.runs.run_config import module_kind, read_run_config
 from ddpm.runs.validate import validate_evaluate_config
 
 SHOWN = ("psnr", "fd", "fd_floor", "accuracy", "fid", "kid_mean")  # printed; metrics.json has everything
@@ -47,7 +46,7 @@ def is_autoencoder_checkpoint(ckpt_path) -> bool:
     the diffusion loader then says what is wrong with it)."""
     config = Path(str(ckpt_path)).expanduser().parent.parent / "config.yaml"
     try:
-        return is_autoencoder_config(OmegaConf.load(config))
+        return module_kind(OmegaConf.load(config)) == "autoencoder"
     except Exception:
         return False
 

@@ -30,6 +30,10 @@ MOVED_TARGETS = {
     "ddpm.fid.FIDCallback": "ddpm.training.callbacks.fid.FIDCallback",
     "ddpm.toy.ToyPlots": "ddpm.training.callbacks.toy_plots.ToyPlots",
     "ddpm.toy.CPUThreads": "ddpm.training.callbacks.cpu_threads.CPUThreads",
+    # issue 23: checkpoint and logging plumbing each in one place
+    "ddpm.training.checkpoint_io.AtomicCheckpointIO": "ddpm.training.checkpoints.AtomicCheckpointIO",
+    "ddpm.training.wandb_run.wandb_logger": "ddpm.training.logs.wandb_run.wandb_logger",
+    "ddpm.training.csv_logger.CSVLogger": "ddpm.training.logs.csv_logger.CSVLogger",
 }
 
 

@@ -125,7 +125,7 @@ def perceptual_weights(v, cfg) -> str | None:
 
 def wandb_project(v, cfg) -> str | None:
     """``logger.project`` of ``logger=wandb``: a name W&B accepts, or null (``$WANDB_PROJECT``)."""
-    from ddpm.training.wandb_run import PROJECT_ALLOWED, is_project
+    from ddpm.training.logs.wandb_run import PROJECT_ALLOWED, is_project
 
     return None if v is None or is_project(v) else PROJECT_ALLOWED
 

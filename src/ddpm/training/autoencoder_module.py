@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ddpm.errors import ConfigError
 from ddpm.nets.autoencoder import KLAutoencoder
-from ddpm.training.checkpoint_load import check_steps_left
+from ddpm.training.checkpoints import check_steps_left
 from ddpm.training.lr_schedule import warmup_then_cosine
 from ddpm.autoencoding.loss import (Perceptual, adaptive_weight, check_autoencoder_loss_options, hinge_d_loss,
                                             reconstruction_loss)
