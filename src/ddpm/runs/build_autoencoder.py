@@ -1,4 +1,4 @@
-"""Build the autoencoder of latent diffusion's first stage from a composed train config (``module=autoencoder``).
+"""Build the autoencoder of latent diffusion's first stage from a composed train config (``task=autoencoder``).
 
 An autoencoder run composes none of the diffusion groups (schedule, denoiser, loss, sampler, guidance,
 text_encoder: ``conf/task/autoencoder.yaml``); runs saved before that hold them as null. This builder

@@ -1,4 +1,4 @@
-"""``evaluate.py`` on an autoencoder checkpoint (``module=autoencoder``): how well it reconstructs held-out images.
+"""``evaluate.py`` on an autoencoder checkpoint (``task=autoencoder``): how well it reconstructs held-out images.
 
     python evaluate.py ckpt_path=RUN/checkpoints/last.ckpt metrics=[psnr,fd]
 

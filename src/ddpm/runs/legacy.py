@@ -58,7 +58,8 @@ def upgrade_run_config(cfg: DictConfig) -> DictConfig:
         if data is not None and data.get("_target_") == "ddpm.data.datamodule.ImageDataModule" and "name" not in data:
             builder = data.dataset._target_.rpartition(".")[2]  # the dataset's name keys its reference statistics
             data.name = None if builder == "image_folder" else builder
-        if "denoiser" not in cfg:  # prediction type from the loss, clipping and variance from the sampler
+        if "denoiser" not in cfg and "loss" in cfg:  # prediction type from the loss, clipping and variance from the
+            # sampler (an autoencoder run has neither)
             sampler = cfg.get("sampler") or {}
             cfg.denoiser = {
                 "_target_": "ddpm.diffusion.denoiser.Denoiser", "_partial_": True,

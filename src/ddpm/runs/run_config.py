@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ddpm.errors import ConfigError
 from ddpm.nets.autoencoder import KLAutoencoder
+from ddpm.runs import resolvers  # noqa: F401  (registers ${ddpm.eq:A,B} for the configs read here)
 from ddpm.runs.allowlist import checked_config
 from ddpm.runs.legacy import upgrade_run_config
 from ddpm.training.autoencoder_module import AutoencoderModule
@@ -35,7 +36,7 @@ AUTOENCODER_NET = _target(KLAutoencoder)
 def module_kind(cfg: DictConfig) -> str:
     """``diffusion``, ``latent`` (diffusion on a frozen autoencoder's latents) or ``autoencoder``: the kind
     of module a train or run config trains, from its ``module`` node, checked against its network. A
-    net of the other kind (``model=autoencoder_kl_f4 module=diffusion``) is a ConfigError of one line."""
+    net of the other kind (a run config saved with an autoencoder net and a diffusion module) is a ConfigError of one line."""
     target = OmegaConf.select(cfg, "module._target_", default=None)
     if target not in KINDS:
         raise ConfigError(f"module._target_={target!r} is not a module this project trains: use module=diffusion, "
