@@ -66,3 +66,35 @@ def test_the_old_checkpoint_samples_exactly_what_it_sampled_with_ddpm(legacy):
 def test_the_old_checkpoint_samples_what_it_sampled_with_the_other_samplers(legacy, name, make, variance):
     module, expected = legacy
     np.testing.assert_allclose(sample(module, make(), variance), expected[name], atol=1e-5, rtol=0)
+
+
+def test_the_checkpoint_and_logger_targets_of_runs_before_issue_23_are_upgraded(tmp_path):
+    from ddpm.runs.run_config import read_run_config
+
+    old = OmegaConf.load(LEGACY_RUN / "config.yaml")
+    old.trainer.plugins = [{"_target_": "ddpm.training.checkpoint_io.AtomicCheckpointIO"}]
+    old.logger = {"_target_": "ddpm.training.wandb_run.wandb_logger", "save_dir": "."}
+    old.loggers = [{"_target_": "ddpm.training.csv_logger.CSVLogger", "save_dir": "."}]  # each moved target, once
+    OmegaConf.save(old, tmp_path / "config.yaml")
+    new = read_run_config(tmp_path / "config.yaml")  # every target allow-listed: they all exist
+    assert (new.trainer.plugins[0]._target_, new.logger._target_, new.loggers[0]._target_) == (
+        "ddpm.training.checkpoints.AtomicCheckpointIO", "ddpm.training.logs.wandb_run.wandb_logger",
+        "ddpm.training.logs.csv_logger.CSVLogger")
+
+
+def test_an_autoencoder_run_saved_with_null_diffusion_groups_still_loads(tmp_path):
+    """Before issue 23 an autoencoder run's config.yaml held schedule, denoiser, loss, sampler and guidance as
+    null (the experiment set them so) and the module's own ``discriminator: null``."""
+    from autoencoder_fixtures import write_autoencoder_run
+
+    from ddpm.runs.autoencoder_load import load_autoencoder
+    from ddpm.runs.run_config import module_kind, read_run_config
+
+    ckpt = write_autoencoder_run(tmp_path / "ae")
+    cfg = OmegaConf.load(tmp_path / "ae" / "config.yaml")
+    for group in ("schedule", "denoiser", "loss", "sampler", "guidance"):
+        cfg[group] = None
+    OmegaConf.save(cfg, tmp_path / "ae" / "config.yaml")
+    assert module_kind(read_run_config(tmp_path / "ae" / "config.yaml")) == "autoencoder"
+    autoencoder, info = load_autoencoder(ckpt)
+    assert info["latent_shape"] == (4, 4, 4) and not any(p.requires_grad for p in autoencoder.parameters())

@@ -36,7 +36,8 @@ AUTOENCODER_NET = _target(KLAutoencoder)
 def module_kind(cfg: DictConfig) -> str:
     """``diffusion``, ``latent`` (diffusion on a frozen autoencoder's latents) or ``autoencoder``: the kind
     of module a train or run config trains, from its ``module`` node, checked against its network. A
-    net of the other kind (a run config saved with an autoencoder net and a diffusion module) is a ConfigError of one line."""
+    net of the other kind (a run config saved with an autoencoder net and a diffusion module) is a
+    ConfigError of one line."""
     target = OmegaConf.select(cfg, "module._target_", default=None)
     if target not in KINDS:
         raise ConfigError(f"module._target_={target!r} is not a module this project trains: use module=diffusion, "

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from fsspec.utils import get_protocol
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_only
 
 from ddpm.training.checkpoints.reading import read_checkpoint
 
