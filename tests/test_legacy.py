@@ -98,3 +98,26 @@ def test_an_autoencoder_run_saved_with_null_diffusion_groups_still_loads(tmp_pat
     assert module_kind(read_run_config(tmp_path / "ae" / "config.yaml")) == "autoencoder"
     autoencoder, info = load_autoencoder(ckpt)
     assert info["latent_shape"] == (4, 4, 4) and not any(p.requires_grad for p in autoencoder.parameters())
+
+
+def test_an_autoencoder_run_started_with_the_old_options_resumes_with_todays(tmp_path):
+    """``module=autoencoder model=autoencoder_kl_f8 schedule=null ...`` (before issue 23) come back as
+    ``task=autoencoder autoencoder=kl_f8``; a diffusion run's own ``guidance=null`` stays."""
+    import yaml
+
+    from conftest import compose_train
+    from ddpm.runs.legacy import upgrade_overrides
+    from ddpm.runs.resume import expand_resume
+
+    old = ["data=mnist", "module=autoencoder", "model=autoencoder_kl_f8", "schedule=null", "denoiser=null", "loss=null",
+           "sampler=null", "guidance=null", "callbacks=autoencoder", "model.base_channels=16"]
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("{}\n")
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(old))
+    args = expand_resume([f"resume={run_dir}"])
+    assert args[:4] == ["data=mnist", "task=autoencoder", "autoencoder=kl_f8", "callbacks=autoencoder"]
+    cfg = compose_train(*(a for a in args if not a.startswith("hydra.")), tmp_path=run_dir)
+    assert cfg.module._target_ == "ddpm.training.autoencoder_module.AutoencoderModule"
+    assert (list(cfg.model.channel_mult), cfg.model.base_channels, cfg.ckpt_path) == ([1, 2, 2, 4], 16, "auto")
+    assert upgrade_overrides(["guidance=null", "model=unet_tiny"]) == ["guidance=null", "model=unet_tiny"]

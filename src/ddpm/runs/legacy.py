@@ -2,7 +2,7 @@
 
 A run directory keeps the config it was trained with; its ``_target_`` paths and the keys that
 moved are rewritten here, so checkpoints written before the change still load. State-dict names
-did not change.
+did not change. The command-line overrides a run was started with (``resume=``) are upgraded here too.
 """
 
 from __future__ import annotations
@@ -68,3 +68,19 @@ def upgrade_run_config(cfg: DictConfig) -> DictConfig:
                 "variance": sampler.pop("variance", "fixed_small"),
             }
     return cfg
+
+
+# train.py options that moved when the configs were split by task (issue 23): old override -> new
+MOVED_OVERRIDES = {"model=autoencoder_kl_f4": "autoencoder=kl_f4", "model=autoencoder_kl_f8": "autoencoder=kl_f8",
+                   "module=autoencoder": "task=autoencoder"}
+DIFFUSION_GROUPS = ("schedule", "denoiser", "loss", "sampler", "guidance", "text_encoder")
+
+
+def upgrade_overrides(overrides: list[str]) -> list[str]:
+    """A run's saved command-line overrides in today's config layout: the autoencoder's nets and module
+    moved (``MOVED_OVERRIDES``), and since a ``task=autoencoder`` run composes none of the diffusion
+    groups, its ``schedule=null``-style overrides are dropped. Others are unchanged."""
+    moved = [MOVED_OVERRIDES.get(o, o) for o in overrides]
+    if "task=autoencoder" not in moved:
+        return moved
+    return [o for o in moved if not (o.partition("=")[0].lstrip("+~") in DIFFUSION_GROUPS and o.endswith("=null"))]
