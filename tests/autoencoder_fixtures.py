@@ -13,7 +13,7 @@ from conftest import compose_train
 AE_TINY = [
     "experiment=autoencoder_mnist", "data=digits", "data.batch_size=16", "data.dataset.test_images=297",
     "model.base_channels=8", "model.channel_mult=[1,2]", "model.norm_groups=4", "model.attention=false",
-    "module.warmup_steps=2", "trainer.accelerator=cpu", "trainer.log_every_n_steps=2",
+    "lr_schedule.warmup_steps=2", "trainer.accelerator=cpu", "trainer.log_every_n_steps=2",
     "callbacks.reconstructions.num_images=32", "callbacks.reconstructions.num_shown=8",
     "callbacks.progress_bar.refresh_rate=0",
 ]

@@ -60,6 +60,8 @@ def compose_train(*overrides: str, tmp_path: Path, return_hydra_config: bool = F
     """The composed ``conf/train.yaml`` with ``overrides``, its run directory ``tmp_path``."""
     from hydra import compose, initialize_config_dir
 
+    import ddpm.runs.resolvers  # noqa: F401  (the config's ${ddpm.eq:...}, registered as train.py does)
+
     with initialize_config_dir(str(CONF), version_base="1.3"):
         return compose("train", overrides=[f"paths.output_dir={tmp_path}", *overrides], return_hydra_config=return_hydra_config)
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY, compose_train, run_here
-from ddpm.training import checkpoint_io
-from ddpm.training.checkpoint_io import AtomicCheckpointIO, is_complete, newest_complete, remove_orphans
+from ddpm.training.checkpoints import atomic as checkpoint_io
+from ddpm.training.checkpoints import AtomicCheckpointIO, is_complete, newest_complete, remove_orphans
 
 
 def test_failed_replace_leaves_the_previous_file_intact_and_no_temp_file(tmp_path, monkeypatch):
@@ -142,7 +142,7 @@ def test_sigkill_during_saves_leaves_every_checkpoint_loadable(tmp_path, tmpdir_
 
 def test_resume_from_a_damaged_only_checkpoint_is_one_config_error(tmp_path):
     from ddpm.errors import ConfigError
-    from ddpm.training.checkpoint_io import resolve_resume
+    from ddpm.training.checkpoints import resolve_resume
 
     last = tmp_path / "last.ckpt"
     last.write_bytes(b"PK\x03\x04 cut short")

@@ -14,7 +14,7 @@ from ddpm.errors import ConfigError
 from ddpm.evaluation.distances import check_metrics
 from ddpm.evaluation.reconstruction import psnr
 from ddpm.nets.autoencoder import KLAutoencoder, weights_digest
-from ddpm.training.autoencoder_loss import adaptive_weight, hinge_d_loss, reconstruction_loss
+from ddpm.autoencoding.loss import adaptive_weight, hinge_d_loss, reconstruction_loss
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for the module
@@ -183,7 +183,7 @@ def test_learning_rate_warms_up_then_falls_along_a_cosine(tmp_path):
 
     from ddpm.runs.build import build_module
 
-    module = build_module(compose_train(*AE_TINY, "module.cosine_decay=true", "module.warmup_steps=10", tmp_path=tmp_path))
+    module = build_module(compose_train(*AE_TINY, "lr_schedule=cosine", "lr_schedule.warmup_steps=10", tmp_path=tmp_path))
     module._trainer = types.SimpleNamespace(max_steps=100)  # what configure_optimizers reads of the trainer
     config = module.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]

@@ -388,3 +388,17 @@ def test_a_run_directory_without_write_permission_is_named(tmp_path):
     (tmp_path / "locked").mkdir(mode=0o555)
     assert unwritable(tmp_path / "locked" / "run") == f"'{tmp_path / 'locked'}' is not writable (Permission denied)"
     assert unwritable(tmp_path / "free" / "run") is None and not (tmp_path / "free").exists()
+
+
+def test_a_config_error_behind_hydras_wrapping_is_raised_as_itself_and_other_errors_pass_unchanged():
+    from ddpm.errors import ConfigError, unwrapped_config_errors
+
+    with pytest.raises(ConfigError, match=r"^module.kl_weight=-1 is not allowed"):
+        with unwrapped_config_errors():
+            try:
+                raise ConfigError("module.kl_weight=-1 is not allowed: use a number >= 0")
+            except ConfigError as e:  # what hydra.utils.instantiate does with a constructor's error
+                raise RuntimeError("Error in call to target 'AutoencoderModule'") from e
+    with pytest.raises(KeyError, match="not a config error"):
+        with unwrapped_config_errors():
+            raise KeyError("not a config error")

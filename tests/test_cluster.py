@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from ddpm.errors import ConfigError
 from ddpm.runs.resume import expand_resume, override_key
 from ddpm.runs.train import checkpoint_to_resume
-from ddpm.training.checkpoint_io import find_resume
+from ddpm.training.checkpoints import find_resume
 
 
 def fake_checkpoint(path, step: int) -> None:

@@ -146,7 +146,7 @@ def test_experiment_composes_and_builds_its_module(name, tmp_path):
         ae = [f"codec.autoencoder_ckpt={save_autoencoder(tmp_path / 'ae', 0, 'data=' + name.removeprefix('ldm_'))}"]
     cfg = compose_train(f"experiment={name}", *ae, tmp_path=tmp_path)
     module = build_module(cfg)
-    if name.startswith("autoencoder_"):  # latent diffusion's first stage (module=autoencoder)
+    if name.startswith("autoencoder_"):  # latent diffusion's first stage (task=autoencoder)
         from ddpm.training.autoencoder_module import AutoencoderModule
 
         assert isinstance(module, AutoencoderModule) and isinstance(module.autoencoder, get_class(cfg.model._target_))
@@ -202,3 +202,64 @@ def test_cifar10_experiment_is_the_paper_recipe(tmp_path):
     assert cfg.trainer.max_steps == 800_000 and cfg.denoiser.prediction_type == "epsilon"
     assert (cfg.model.base_channels, list(cfg.model.channel_mult), cfg.model.num_res_blocks, list(cfg.model.attn_resolutions)) == (
         128, [1, 2, 2, 2], 2, [16])
+
+
+@pytest.mark.parametrize("name", options("autoencoder"))
+def test_autoencoder_option_builds_the_autoencoder_module(name, tmp_path):
+    from ddpm.runs.build import build_module
+    from ddpm.training.autoencoder_module import AutoencoderModule
+
+    cfg = compose_train("task=autoencoder", f"autoencoder={name}", "data=mnist", tmp_path=tmp_path)
+    module = build_module(cfg)
+    assert isinstance(module, AutoencoderModule) and isinstance(module.autoencoder, get_class(cfg.model._target_))
+    assert list(cfg.model.channel_mult) == OmegaConf.load(CONF / "autoencoder" / f"{name}.yaml").channel_mult
+
+
+def test_an_autoencoder_run_composes_none_of_the_diffusion_groups(tmp_path):
+    cfg = compose_train("experiment=autoencoder_mnist", tmp_path=tmp_path, return_hydra_config=True)
+    assert not {"schedule", "denoiser", "loss", "sampler", "guidance", "text_encoder"} & set(cfg)
+    assert cfg.hydra.runtime.choices["task"] == "autoencoder" and cfg.callbacks.sample_grid is None
+    assert cfg.module._target_ == "ddpm.training.autoencoder_module.AutoencoderModule"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model=autoencoder_kl_f4", "module=diffusion"], "Could not find 'model/autoencoder_kl_f4'"),  # nets of one task
+    (["autoencoder=kl_f4"], "Could not override 'autoencoder'"),
+    (["module=autoencoder"], "Could not find 'module/autoencoder'"),
+    (["task=autoencoder", "module=diffusion"], "Could not override 'module'"),
+    (["task=autoencoder", "model=unet_small"], "Could not override 'model'"),
+    (["experiment=autoencoder_mnist", "schedule=cosine"], "Could not override 'schedule'"),
+])
+def test_a_diffusion_config_cannot_compose_an_autoencoder_and_the_reverse(overrides, message, tmp_path):
+    from hydra.errors import HydraException
+
+    with pytest.raises(HydraException, match=message):
+        compose_train(*overrides, tmp_path=tmp_path)
+
+
+def test_a_saved_config_mixing_the_kinds_is_one_line_naming_both(tmp_path):
+    from ddpm.errors import ConfigError
+    from ddpm.runs.run_config import module_kind
+
+    diffusion, autoencoder = (compose_train(*o, tmp_path=tmp_path) for o in ([], ["experiment=autoencoder_mnist"]))
+    assert (module_kind(diffusion), module_kind(autoencoder)) == ("diffusion", "autoencoder")
+    assert module_kind(compose_train("module=latent", tmp_path=tmp_path)) == "latent"
+    mixed = diffusion.copy()
+    mixed.model = autoencoder.model  # what `model=autoencoder_kl_f4 module=diffusion` composed before issue 23
+    with pytest.raises(ConfigError, match=r"model._target_=ddpm.nets.autoencoder.KLAutoencoder is an autoencoder, "
+                                          r"but module ddpm.training.module.DiffusionModule trains a denoiser"):
+        module_kind(mixed)
+    mixed = autoencoder.copy()
+    mixed.model = diffusion.model
+    with pytest.raises(ConfigError, match=r"model._target_=ddpm.nets.unet.UNet is not an autoencoder"):
+        module_kind(mixed)
+
+
+@pytest.mark.parametrize("variance, learned", [("fixed_small", False), ("fixed_large", False), ("learned_range", True)])
+def test_the_nets_output_channels_follow_the_denoisers_variance(variance, learned, tmp_path):
+    for model in options("model"):
+        cfg = compose_train(f"model={model}", f"denoiser.variance={variance}", tmp_path=tmp_path)
+        assert cfg.model.learn_sigma is learned, model  # one key, interpolated: never two to keep in step
+    saved = tmp_path / "config.yaml"
+    OmegaConf.save(cfg, saved, resolve=True)  # as train() saves a run's config
+    assert OmegaConf.load(saved).model.learn_sigma is learned

@@ -11,17 +11,19 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ddpm"
 MAY_IMPORT = {
     "errors": set(),
     "diffusion": {"errors", "diffusion"},
+    "autoencoding": {"errors", "autoencoding"},
     "nets": {"errors", "nets"},
     "data": {"errors", "data"},
     "evaluation": {"errors", "data", "diffusion", "evaluation"},
     "plots": {"errors", "data", "diffusion", "evaluation", "plots"},
-    "training": {"errors", "data", "diffusion", "nets", "evaluation", "plots", "training"},
-    "runs": {"errors", "data", "diffusion", "nets", "evaluation", "plots", "training", "runs"},
+    "training": {"errors", "data", "diffusion", "autoencoding", "nets", "evaluation", "plots", "training"},
+    "runs": {"errors", "data", "diffusion", "autoencoding", "nets", "evaluation", "plots", "training", "runs"},
 }
 # layer -> third-party packages it must not import: the math stays plain PyTorch, apart from
 # Lightning, Hydra and the figures
 MUST_NOT_IMPORT = {
     "diffusion": {"lightning", "hydra", "omegaconf", "matplotlib", "torchvision"},
+    "autoencoding": {"lightning", "hydra", "omegaconf", "matplotlib", "torchvision"},
     "nets": {"lightning", "hydra", "omegaconf", "matplotlib"},
     "data": {"hydra", "omegaconf", "matplotlib"},
     "evaluation": {"lightning", "hydra", "omegaconf"},
@@ -73,6 +75,81 @@ def test_imports_follow_the_layers(path):
 @pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_module_is_longer_than_the_limit(path):
     assert len(path.read_text().splitlines()) <= MAX_LINES
+
+
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    """``src/ddpm/runs/load.py`` -> ``ddpm.runs.load``; a package's ``__init__.py`` -> the package."""
+    parts = (package.name, *path.relative_to(package).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports, at any depth (function-level imports too).
+    ``from ddpm.a import b`` imports ``ddpm.a.b`` when that is a module; the ``__init__`` of the packages
+    above an imported module is not counted (a package may re-export its own submodules)."""
+    paths = sorted(package.rglob("*.py"))
+    names = {module_name(p, package): p for p in paths}
+    graph = {}
+    for name, path in names.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                submodules = {f"{node.module}.{alias.name}" for alias in node.names} & names.keys()
+                imported.update(submodules)
+                if len(submodules) < len(node.names):  # names defined in node.module itself
+                    imported.add(node.module)
+        graph[name] = {m for m in imported if m in names and m != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` as [a, b, ..., a], or None: a depth-first search that meets a module
+    still on its path."""
+    done, path, on_path = set(), [], set()
+
+    def visit(node):
+        path.append(node)
+        on_path.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt in on_path:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in done:
+                found = visit(nxt)
+                if found:
+                    return found
+        path.pop()
+        on_path.discard(node)
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        if start not in done:
+            found = visit(start)
+            if found:
+                return found
+    return None
+
+
+def test_no_modules_import_each_other_in_a_cycle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
+
+
+def test_the_cycle_search_finds_a_cycle_through_a_function_level_import(tmp_path):
+    package = tmp_path / "ddpm"
+    (package / "runs").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "runs" / "__init__.py").write_text("")
+    (package / "runs" / "load.py").write_text("from ddpm.runs.build import build_module\n")
+    (package / "runs" / "build.py").write_text("from ddpm.runs import helper\n")
+    (package / "runs" / "helper.py").write_text("def f():\n    from ddpm.runs.load import load_run\n")
+    graph = import_graph(package)
+    assert graph["ddpm.runs.build"] == {"ddpm.runs.helper"}  # from a package, a module
+    assert find_cycle(graph) == ["ddpm.runs.build", "ddpm.runs.helper", "ddpm.runs.load", "ddpm.runs.build"]
+    (package / "runs" / "helper.py").write_text("def f():\n    return 1\n")
+    assert find_cycle(import_graph(package)) is None
 
 
 def test_the_rules_catch_a_forbidden_import(tmp_path):

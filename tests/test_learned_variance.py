@@ -224,7 +224,7 @@ def test_bad_combinations_raise_one_line_naming_them(sched):
 
 
 def test_a_checkpoint_with_the_other_learn_sigma_is_one_line_naming_the_output_layer():
-    from ddpm.training.checkpoint_load import check_fits
+    from ddpm.training.checkpoints import check_fits
 
     kw = dict(image_size=8, in_channels=1, base_channels=32, channel_mult=[1], num_res_blocks=1, attn_resolutions=[])
     for trained, loading in ((UNet(**kw), UNet(**kw, learn_sigma=True)), (MLPDenoiser(learn_sigma=True), MLPDenoiser())):

@@ -79,3 +79,58 @@ def test_the_old_checkpoint_samples_bit_for_bit_the_same_twice_on_one_machine(le
 def test_the_old_checkpoint_samples_what_it_sampled_with_the_other_samplers(legacy, name, make, variance):
     module, expected = legacy
     np.testing.assert_allclose(sample(module, make(), variance), expected[name], atol=1e-5, rtol=0)
+
+
+def test_the_checkpoint_and_logger_targets_of_runs_before_issue_23_are_upgraded(tmp_path):
+    from ddpm.runs.run_config import read_run_config
+
+    old = OmegaConf.load(LEGACY_RUN / "config.yaml")
+    old.trainer.plugins = [{"_target_": "ddpm.training.checkpoint_io.AtomicCheckpointIO"}]
+    old.logger = {"_target_": "ddpm.training.wandb_run.wandb_logger", "save_dir": "."}
+    old.loggers = [{"_target_": "ddpm.training.csv_logger.CSVLogger", "save_dir": "."}]  # each moved target, once
+    OmegaConf.save(old, tmp_path / "config.yaml")
+    new = read_run_config(tmp_path / "config.yaml")  # every target allow-listed: they all exist
+    assert (new.trainer.plugins[0]._target_, new.logger._target_, new.loggers[0]._target_) == (
+        "ddpm.training.checkpoints.AtomicCheckpointIO", "ddpm.training.logs.wandb_run.wandb_logger",
+        "ddpm.training.logs.csv_logger.CSVLogger")
+
+
+def test_an_autoencoder_run_saved_with_null_diffusion_groups_still_loads(tmp_path):
+    """Before issue 23 an autoencoder run's config.yaml held schedule, denoiser, loss, sampler and guidance as
+    null (the experiment set them so) and the module's own ``discriminator: null``."""
+    from autoencoder_fixtures import write_autoencoder_run
+
+    from ddpm.runs.autoencoder_load import load_autoencoder
+    from ddpm.runs.run_config import module_kind, read_run_config
+
+    ckpt = write_autoencoder_run(tmp_path / "ae")
+    cfg = OmegaConf.load(tmp_path / "ae" / "config.yaml")
+    for group in ("schedule", "denoiser", "loss", "sampler", "guidance"):
+        cfg[group] = None
+    OmegaConf.save(cfg, tmp_path / "ae" / "config.yaml")
+    assert module_kind(read_run_config(tmp_path / "ae" / "config.yaml")) == "autoencoder"
+    autoencoder, info = load_autoencoder(ckpt)
+    assert info["latent_shape"] == (4, 4, 4) and not any(p.requires_grad for p in autoencoder.parameters())
+
+
+def test_an_autoencoder_run_started_with_the_old_options_resumes_with_todays(tmp_path):
+    """``module=autoencoder model=autoencoder_kl_f8 schedule=null ...`` (before issue 23) come back as
+    ``task=autoencoder autoencoder=kl_f8``; a diffusion run's own ``guidance=null`` stays."""
+    import yaml
+
+    from conftest import compose_train
+    from ddpm.runs.legacy import upgrade_overrides
+    from ddpm.runs.resume import expand_resume
+
+    old = ["data=mnist", "module=autoencoder", "model=autoencoder_kl_f8", "schedule=null", "denoiser=null", "loss=null",
+           "sampler=null", "guidance=null", "callbacks=autoencoder", "model.base_channels=16"]
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("{}\n")
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(old))
+    args = expand_resume([f"resume={run_dir}"])
+    assert args[:4] == ["data=mnist", "task=autoencoder", "autoencoder=kl_f8", "callbacks=autoencoder"]
+    cfg = compose_train(*(a for a in args if not a.startswith("hydra.")), tmp_path=run_dir)
+    assert cfg.module._target_ == "ddpm.training.autoencoder_module.AutoencoderModule"
+    assert (list(cfg.model.channel_mult), cfg.model.base_channels, cfg.ckpt_path) == ([1, 2, 2, 4], 16, "auto")
+    assert upgrade_overrides(["guidance=null", "model=unet_tiny"]) == ["guidance=null", "model=unet_tiny"]

@@ -13,7 +13,7 @@ import torch
 
 from conftest import ROOT, TINY, compose_train, run_here, run_train
 
-# What Lightning prints on every run that a user cannot act on (ddpm.runs.train.quiet_lightning).
+# What Lightning prints on every run that a user cannot act on (ddpm.training.logs.console.quiet_lightning).
 NOISE = {
     "litlogger tip": "💡 Tip:",
     "pytree deprecation": "`isinstance(treespec, LeafSpec)` is deprecated",
@@ -191,7 +191,7 @@ def test_the_progress_bar_counts_the_steps_of_the_whole_run(tmp_path, capsys):
     from torch.utils.data import DataLoader, TensorDataset
 
     from ddpm.diffusion.samplers import DDPMSampler
-    from ddpm.runs.train import quiet_lightning
+    from ddpm.training.logs.console import quiet_lightning
     from ddpm.training.callbacks.progress import StepProgressBar
     from ddpm.training.callbacks.sample_grid import with_progress
 
@@ -222,8 +222,12 @@ def test_lightning_noise_is_silenced_at_its_source_and_real_warnings_stay(tmp_pa
     from lightning.fabric.plugins.environments import SLURMEnvironment
     from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
-    from ddpm.runs.train import quiet_lightning, train
+    from ddpm.runs import train as train_module
+    from ddpm.runs.train import train
+    from ddpm.training.logs.console import quiet_lightning
 
+    calls = []
+    monkeypatch.setattr(train_module, "quiet_lightning", lambda *a, **k: calls.append(a) or quiet_lightning(*a, **k))
     monkeypatch.setenv("PATH", fake_srun(tmp_path / "bin")["PATH"])
     cfg = compose_train(  # one batch an epoch, fewer than log_every_n_steps=50
         "model=unet_tiny", "schedule.num_timesteps=20", "data.batch_size=16", "trainer.accelerator=cpu",
@@ -246,6 +250,7 @@ def test_lightning_noise_is_silenced_at_its_source_and_real_warnings_stay(tmp_pa
     printed = [str(w.message) for w in caught] + [r.getMessage() for r in logged]
     assert [name for name, text in NOISE.items() if any(text in line for line in printed)] == []
     assert "a real warning" in printed and any(line.startswith("GPU available") for line in printed)
+    assert len(calls) == 1  # once per run
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         quiet_lightning(num_nodes=2)  # several nodes need srun: the hint stays

@@ -24,7 +24,7 @@ def offline(monkeypatch, tmp_path_factory):
 def test_the_run_id_is_stored_in_the_run_dir_and_reused(tmp_path):
     from hydra.utils import instantiate
 
-    from ddpm.training.wandb_run import ID_FILE, wandb_logger
+    from ddpm.training.logs.wandb_run import ID_FILE, wandb_logger
 
     first = instantiate(compose_train("logger=wandb", tmp_path=tmp_path).logger)  # conf/logger/wandb.yaml
     again = instantiate(compose_train("logger=wandb", tmp_path=tmp_path).logger)
@@ -42,7 +42,7 @@ def test_offline_by_default_online_with_one_switch_and_wandb_mode_wins(tmp_path,
     from lightning.pytorch.loggers import WandbLogger
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-    from ddpm.training.wandb_run import wandb_logger
+    from ddpm.training.logs.wandb_run import wandb_logger
 
     monkeypatch.delenv("WANDB_MODE")
     mode = {offline: wandb_logger(save_dir=str(tmp_path), offline=offline)._wandb_init.get("mode")
@@ -70,9 +70,9 @@ def checkpoint(path: Path, wandb_id: str | None) -> Path:
 def test_a_checkpoint_resumed_into_a_directory_without_an_id_continues_its_w_and_b_run(tmp_path, capsys):
     from omegaconf import OmegaConf
 
-    from ddpm.training.wandb_run import ID_FILE, adopt_checkpoint_id
+    from ddpm.training.logs.wandb_run import ID_FILE, adopt_checkpoint_id
 
-    wandb = OmegaConf.create({"_target_": "ddpm.training.wandb_run.wandb_logger", "id": None})
+    wandb = OmegaConf.create({"_target_": "ddpm.training.logs.wandb_run.wandb_logger", "id": None})
     other = checkpoint(tmp_path / "a" / "checkpoints" / "last.ckpt", "run0000a")
     fresh = tmp_path / "b"  # ckpt_path=<run a>/checkpoints/last.ckpt into a new directory: run a's W&B run
     assert adopt_checkpoint_id(fresh, other, wandb) == "run0000a" == (fresh / ID_FILE).read_text().strip()
@@ -86,7 +86,7 @@ def test_a_checkpoint_resumed_into_a_directory_without_an_id_continues_its_w_and
     said = capsys.readouterr().out.splitlines()
     assert len(said) == 1 and "this run directory's W&B run run0000c" in said[0] and "run0000a" in said[0], said
     # nothing to adopt: another logger, an id given with logger.id=, a checkpoint without an id, no local file
-    csv = OmegaConf.create({"_target_": "ddpm.training.csv_logger.CSVLogger"})
+    csv = OmegaConf.create({"_target_": "ddpm.training.logs.csv_logger.CSVLogger"})
     no_id = checkpoint(tmp_path / "old.ckpt", None)
     for ckpt, logger in ((other, csv), (other, None), (other, OmegaConf.merge(wandb, {"id": "mine"})),
                          (no_id, wandb), ("last", wandb), (None, wandb)):
@@ -96,7 +96,7 @@ def test_a_checkpoint_resumed_into_a_directory_without_an_id_continues_its_w_and
 
 @pytest.mark.parametrize("project", ["a/b", "x" * 129, ""])
 def test_an_invalid_project_name_is_one_line(project):
-    from ddpm.training.wandb_run import check_project
+    from ddpm.training.logs.wandb_run import check_project
 
     with pytest.raises(ConfigError, match=r"^logger\.project=.* is not a W&B project name[^\n]*$"):
         check_project(project)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -28,6 +29,16 @@ def root_config_error(exc: BaseException) -> ConfigError | None:
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+@contextlib.contextmanager
+def unwrapped_config_errors():
+    """Inside it, an error with a ConfigError behind it (Hydra wraps what a constructor raised while
+    instantiating) is raised as that ConfigError, the user's one line; any other error as it is."""
+    try:
+        yield
+    except Exception as e:
+        raise root_config_error(e) or e
 
 
 # torch re-raises an exception of a DataLoader worker as the same type, its message the worker's

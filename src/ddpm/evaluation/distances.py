@@ -78,9 +78,9 @@ def check_metrics(names, autoencoder: bool = False) -> list[str]:
     allowed, other = (AUTOENCODER_METRICS, METRICS) if autoencoder else (METRICS, AUTOENCODER_METRICS)
     bad = [n for n in names if n not in allowed]
     if bad and all(n in other for n in bad):  # a metric of the other kind of checkpoint
-        what = ("this checkpoint is an autoencoder (module=autoencoder): it reconstructs, it does not sample"
+        what = ("this checkpoint is an autoencoder (task=autoencoder): it reconstructs, it does not sample"
                 if autoencoder else "psnr measures an autoencoder's reconstructions: give the checkpoint of an "
-                "autoencoder run (module=autoencoder)")
+                "autoencoder run (task=autoencoder)")
         raise ConfigError(f"metrics={names} is not allowed: {bad}; {what}; choose from {list(allowed)}")
     if bad:
         raise ConfigError(f"metrics={names} is not allowed: {bad} unknown; choose from {list(allowed)}")

@@ -117,15 +117,15 @@ class SmallTextEncoder(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        check_choice("text_encoder.tokenizer", tokenizer, TOKENIZERS)
+        check_choice("conditioning.encoder.tokenizer", tokenizer, TOKENIZERS)
         sizes = (("dim", dim, 1), ("depth", depth, 1), ("num_heads", num_heads, 1), ("max_length", max_length, 2))
         for name, value, low in sizes:
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ConfigError(f"text_encoder.{name}={value!r} is not allowed: use an integer >= {low}")
+                raise ConfigError(f"conditioning.encoder.{name}={value!r} is not allowed: use an integer >= {low}")
         if dim % num_heads:
-            raise ConfigError(f"text_encoder.dim={dim} is not divisible by num_heads={num_heads}: use a multiple of it")
+            raise ConfigError(f"conditioning.encoder.dim={dim} is not divisible by num_heads={num_heads}: use a multiple of it")
         if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"text_encoder.dropout={dropout} is not allowed: use a probability in [0, 1)")
+            raise ConfigError(f"conditioning.encoder.dropout={dropout} is not allowed: use a probability in [0, 1)")
         self.dim, self.max_length = dim, max_length
         self.tokenizer = _Tokenizer(tokenizer, max_length)
         self.token_embed = nn.Embedding(self.tokenizer.vocab_size, dim)
@@ -184,30 +184,30 @@ class OpenCLIPTextEncoder(nn.Module):
         cfg = open_clip.get_model_config(model_name)
         if cfg is None:
             raise ConfigError(
-                f"text_encoder.model_name={model_name!r} is not an OpenCLIP model config: "
+                f"conditioning.encoder.model_name={model_name!r} is not an OpenCLIP model config: "
                 f"use one of open_clip.list_models(), e.g. 'ViT-B-32'"
             )
         text_cfg = dict(cfg.get("text_cfg", {}))
         if text_cfg.get("hf_model_name") or "hf_tokenizer_name" in text_cfg:
             raise ConfigError(
-                f"text_encoder.model_name={model_name!r} uses a Hugging Face text model or tokenizer, which "
+                f"conditioning.encoder.model_name={model_name!r} uses a Hugging Face text model or tokenizer, which "
                 f"needs a download: use a CLIP text Transformer config, e.g. 'ViT-B-32' or 'ViT-L-14'"
             )
         tower = _build_text_tower(cfg["embed_dim"], text_cfg, quick_gelu=cfg.get("quick_gelu", False))
         if getattr(tower, "cls_emb", None) is not None or getattr(tower, "attn_mask", None) is None:
             raise ConfigError(
-                f"text_encoder.model_name={model_name!r} has no causal CLIP text Transformer: "
+                f"conditioning.encoder.model_name={model_name!r} has no causal CLIP text Transformer: "
                 f"use e.g. 'ViT-B-32' or 'ViT-L-14'"
             )
         context = tower.context_length
         if not isinstance(max_length, int) or isinstance(max_length, bool) or not 2 <= max_length <= context:
             raise ConfigError(
-                f"text_encoder.max_length={max_length!r} is not allowed for {model_name}: use 2..{context}"
+                f"conditioning.encoder.max_length={max_length!r} is not allowed for {model_name}: use 2..{context}"
             )
         self.model_name, self.max_length, self.dim = model_name, max_length, tower.width
         if weights is None:
             warnings.warn(
-                f"OpenCLIPTextEncoder({model_name}): no weights given (text_encoder.weights), "
+                f"OpenCLIPTextEncoder({model_name}): no weights given (conditioning.encoder.weights), "
                 f"the text tower has random weights",
                 stacklevel=2,
             )
@@ -264,13 +264,13 @@ def _load_text_tower(tower: nn.Module, model_name: str, weights: str) -> None:
 
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise ConfigError(f"text_encoder.weights={weights} does not exist: "
+        raise ConfigError(f"conditioning.encoder.weights={weights} does not exist: "
                           f"give the path of an OpenCLIP checkpoint file")
     try:
         state = _text_tower_state(load_state_dict(str(path)))
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input
         raise ConfigError(
-            f"text_encoder.weights={weights} cannot be read as a state dict ({type(exc).__name__}): "
+            f"conditioning.encoder.weights={weights} cannot be read as a state dict ({type(exc).__name__}): "
             f"give an OpenCLIP checkpoint (.pt, .bin or .safetensors)"
         ) from None
     expected = tower.state_dict()
@@ -282,7 +282,7 @@ def _load_text_tower(tower: nn.Module, model_name: str, weights: str) -> None:
     ]
     if problems:
         raise ConfigError(
-            f"text_encoder.weights={weights} does not match the OpenCLIP {model_name} text tower: {problems[0]} "
+            f"conditioning.encoder.weights={weights} does not match the OpenCLIP {model_name} text tower: {problems[0]} "
             f"({len(problems)} mismatch{'es' * (len(problems) > 1)}); pick the model_name the checkpoint was trained as"
         )
     tower.load_state_dict(state, strict=True)

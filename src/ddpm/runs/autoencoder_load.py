@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from hydra.utils import instantiate
 
-from ddpm.errors import ConfigError, root_config_error
+from ddpm.errors import ConfigError, unwrapped_config_errors
 from ddpm.nets.autoencoder import KLAutoencoder, weights_digest
-from ddpm.runs.build_autoencoder import is_autoencoder_config
-from ddpm.runs.load import read_run_config
-from ddpm.training.checkpoint_load import check_fits, read_checkpoint
+from ddpm.runs.run_config import module_kind, read_run_config
+from ddpm.training.checkpoints import check_fits, read_checkpoint, run_of_checkpoint
 
 PREFIX = "autoencoder."  # the AutoencoderModule's attribute: its weights' names in a checkpoint
+AN_AUTOENCODER_RUN = "give the checkpoint of an autoencoder run (python train.py experiment=autoencoder_mnist)"
 
 
 def load_autoencoder(ckpt_path: str | os.PathLike) -> tuple[KLAutoencoder, dict]:
@@ -26,20 +25,12 @@ def load_autoencoder(ckpt_path: str | os.PathLike) -> tuple[KLAutoencoder, dict]
     such a checkpoint, or a checkpoint of a diffusion model rather than an autoencoder, is a one-line
     ConfigError.
     """
-    ckpt = Path(ckpt_path).expanduser()
-    run_dir = ckpt.parent.parent
-    if not ckpt.is_file() or not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"autoencoder checkpoint '{ckpt}' is not a checkpoint in <run>/checkpoints/ with "
-                          "<run>/config.yaml: give one of an autoencoder run (python train.py experiment=autoencoder_mnist)")
+    ckpt, run_dir = run_of_checkpoint(ckpt_path, "autoencoder checkpoint ", f": {AN_AUTOENCODER_RUN}")
     cfg = read_run_config(run_dir / "config.yaml")
-    if not is_autoencoder_config(cfg):
-        target = cfg.get("module", {}).get("_target_", "an unknown module")
-        raise ConfigError(f"'{ckpt}' is a checkpoint of {target}, not of an autoencoder: give the checkpoint of an "
-                          "autoencoder run (python train.py experiment=autoencoder_mnist)")
-    try:
+    if module_kind(cfg) != "autoencoder":
+        raise ConfigError(f"'{ckpt}' is a checkpoint of {cfg.module._target_}, not of an autoencoder: {AN_AUTOENCODER_RUN}")
+    with unwrapped_config_errors():
         autoencoder = instantiate(cfg.model)
-    except Exception as e:  # Hydra wraps what the constructor raised
-        raise root_config_error(e) or e
     state = {k[len(PREFIX):]: v for k, v in read_checkpoint(ckpt)["state_dict"].items() if k.startswith(PREFIX)}
     check_fits(autoencoder, ckpt, state)
     autoencoder.load_state_dict(state)

@@ -6,19 +6,23 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm.errors import ConfigError
-from ddpm.runs.build_autoencoder import build_autoencoder_module, is_autoencoder_config
+from ddpm.runs.autoencoder_load import load_autoencoder
+from ddpm.runs.build_autoencoder import build_autoencoder_module
+from ddpm.runs.run_config import module_kind
 from ddpm.training.conditioning import Conditioning, Unconditional
 from ddpm.training.module import DiffusionModule
 
 
 def build_module(cfg: DictConfig, datamodule=None) -> DiffusionModule:
-    """The DiffusionModule of a train config (groups model, schedule, denoiser, loss, sampler, optimizer,
-    guidance, conditioning, module).
+    """The module of a train config, of the kind ``module_kind`` names: for ``diffusion`` and ``latent`` the
+    DiffusionModule (groups model, schedule, denoiser, loss, sampler, optimizer, lr_schedule, guidance,
+    conditioning, codec, module), for ``autoencoder`` the AutoencoderModule (``build_autoencoder_module``).
 
     ``module.sample_shape: null`` takes the shape of one sample from the datamodule (built from
     ``cfg.data`` when not given; nothing is read from disk).
     """
-    if is_autoencoder_config(cfg):  # module=autoencoder: latent diffusion's first stage
+    kind = module_kind(cfg)
+    if kind == "autoencoder":  # latent diffusion's first stage
         return build_autoencoder_module(cfg, datamodule)
     check_conditional_data(cfg)
     shape = cfg.module.get("sample_shape")
@@ -26,7 +30,7 @@ def build_module(cfg: DictConfig, datamodule=None) -> DiffusionModule:
         shape = (datamodule if datamodule is not None else instantiate(cfg.data)).sample_shape
     conditioning = instantiate(cfg.conditioning) if cfg.get("conditioning") else Unconditional()
     model_args = net_args(cfg, conditioning)
-    codec = build_codec(cfg, shape, model_args)  # codec=autoencoder: the frozen autoencoder; pixels otherwise
+    codec = build_codec(cfg, shape, model_args) if kind == "latent" else None  # the frozen autoencoder; None: pixels
     if codec is not None:
         shape = codec.latent_shape  # the diffusion runs on (c, h, w) latents
     return instantiate(
@@ -74,14 +78,10 @@ def build_codec(cfg: DictConfig, image_shape, model_args: dict):
     and ``model.image_size`` set to null are filled in from the latent shape (c, h, w) (into
     ``model_args``); values that differ from it are a ConfigError.
     """
-    node = cfg.get("codec")
-    if node is None or "autoencoder_ckpt" not in node.keys():  # (`in` alone is False for a missing ??? value)
-        return None
+    node = cfg.codec
     if OmegaConf.is_missing(node, "autoencoder_ckpt") or not node.autoencoder_ckpt:
         raise ConfigError("codec=autoencoder needs codec.autoencoder_ckpt=RUN/checkpoints/last.ckpt, the checkpoint of an "
                           "autoencoder run (python train.py experiment=autoencoder_mnist)")
-    from ddpm.runs.autoencoder_load import load_autoencoder  # imports ddpm.runs.load, which imports this module
-
     autoencoder, info = load_autoencoder(node.autoencoder_ckpt)
     node.autoencoder_ckpt = info["path"]
     c, h, w = info["latent_shape"]

@@ -1,23 +1,17 @@
-"""Build the autoencoder of latent diffusion's first stage from a composed train config (``module=autoencoder``).
+"""Build the autoencoder of latent diffusion's first stage from a composed train config (``task=autoencoder``).
 
-The diffusion groups (schedule, denoiser, loss, sampler, guidance, text_encoder) do not apply to an
-autoencoder; the autoencoder experiments set them to null and this builder never reads them.
+An autoencoder run composes none of the diffusion groups (schedule, denoiser, loss, sampler, guidance,
+text_encoder: ``conf/task/autoencoder.yaml``); runs saved before that hold them as null. This builder
+never reads them.
 """
 
 from __future__ import annotations
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from ddpm.errors import ConfigError, root_config_error
+from ddpm.errors import ConfigError, unwrapped_config_errors
 from ddpm.training.autoencoder_module import AutoencoderModule
-
-AUTOENCODER_MODULE = f"{AutoencoderModule.__module__}.{AutoencoderModule.__qualname__}"
-
-
-def is_autoencoder_config(cfg: DictConfig) -> bool:
-    """Whether a train or run config trains an autoencoder (``module=autoencoder``)."""
-    return OmegaConf.select(cfg, "module._target_", default=None) == AUTOENCODER_MODULE
 
 
 def build_autoencoder_module(cfg: DictConfig, datamodule=None) -> AutoencoderModule:
@@ -44,13 +38,12 @@ def build_autoencoder_module(cfg: DictConfig, datamodule=None) -> AutoencoderMod
                 if cfg.module.get("gradient_clip_val") is None:
                     cfg.module.gradient_clip_val = cfg.trainer.gradient_clip_val
                 cfg.trainer.gradient_clip_val = None
-    try:
+    with unwrapped_config_errors():  # a bad value is the user's one line, not Hydra's wrapping of it
         return instantiate(
             cfg.module,
             _convert_="all",  # plain lists in the hyperparameters, so checkpoints load with weights_only
             sample_shape=list(shape),
             autoencoder=instantiate(cfg.model),
             optimizer=instantiate(cfg.optimizer),
+            lr_schedule=instantiate(cfg.lr_schedule) if cfg.get("lr_schedule") else None,
         )
-    except Exception as e:  # Hydra wraps what a constructor raised; a bad value is the user's one-line ConfigError
-        raise root_config_error(e) or e

@@ -7,8 +7,9 @@ read from an .npz; the samples are then scored (FID, KID, IS) against reference 
 training set or of a file. Everything lands in ``out_dir/metrics.json``. ``metrics=[]`` samples a
 checkpoint and scores nothing: samples.npz, samples.png and metrics.json (the sampler, the time).
 
-``devices=N`` (and ``num_nodes``) samples over N processes, launched by Lightning Fabric (DDP: gloo on
-CPUs, NCCL on GPUs; under torchrun or a SLURM job the processes are the job's): each samples its
+``devices=N`` (and ``num_nodes``) samples over N processes, launched by Lightning Fabric
+(``ddpm.runs.evaluate_processes``; DDP: gloo on CPUs, NCCL on GPUs; under torchrun or a SLURM job the
+processes are the job's): each samples its
 block of the seeded chunks (``ddpm.evaluation.sampling.generate_shard``), rank 0 gathers the images
 and scores and writes them, so the samples and the numbers are those of one process.
 """
@@ -17,13 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-import warnings
 from pathlib import Path
 
-import lightning as L
-from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 import numpy as np
 import torch
 from hydra.utils import instantiate
@@ -44,8 +41,9 @@ from ddpm.plots.grid import image_grid
 from ddpm.plots.likelihood import bound_by_range, write_bound_terms
 from ddpm.runs.classifier_eval import check_classifier_request, classifier_eval, classifier_metrics_of
 from ddpm.runs.evaluate_autoencoder import evaluate_autoencoder, is_autoencoder_checkpoint
+from ddpm.runs.evaluate_processes import check_devices, fabric_shard, launch
 from ddpm.runs.load import load_run
-from ddpm.runs.train import quiet_lightning
+from ddpm.runs.run_config import module_kind
 from ddpm.runs.validate import validate_evaluate_config
 from ddpm.training.conditioning import check_prompts, class_prompts_of
 from ddpm.training.speed import resolve_speed
@@ -66,62 +64,6 @@ def denoiser_tag(changes: dict) -> str:
     if "clip_denoised" in changes:
         parts.append("clip" if changes["clip_denoised"] else "noclip")
     return "".join(f"_{p}" for p in parts)
-
-
-def check_devices(cfg: DictConfig) -> str | None:
-    """The accelerator (``cpu`` or ``cuda``) of a ``devices``/``num_nodes`` job, None for one process, or
-    a ConfigError: scoring samples_path, a device index, more GPUs than this node has, several nodes
-    outside a SLURM / torchrun job."""
-    devices, nodes = cfg.get("devices", 1), cfg.get("num_nodes", 1)
-    if devices == 1 and nodes == 1:
-        return None
-    if cfg.samples_path:
-        raise ConfigError(f"devices={devices}, num_nodes={nodes} share out sampling a checkpoint; "
-                          "samples_path is scored by one process: leave devices=1 num_nodes=1")
-    device = str(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"device={device!r} with devices={devices}: use device=cuda (each process takes "
-                          "its own GPU) or device=cpu")
-    if device == "cuda" and devices > torch.cuda.device_count():
-        raise ConfigError(f"devices={devices} is not allowed here: this node has {torch.cuda.device_count()} "
-                          "GPUs (use at most that many, or device=cpu)")
-    if nodes > 1 and not (SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
-                          or "MASTER_ADDR" in os.environ):
-        raise ConfigError(f"num_nodes={nodes} needs the processes of a cluster job: run evaluate.py under srun "
-                          "(SLURM) or torchrun on every node, or leave num_nodes=1")
-    return device
-
-
-def launch(cfg: DictConfig) -> L.Fabric | None:
-    """The Lightning Fabric DDP job of ``devices`` processes per node on ``num_nodes`` nodes, launched
-    (this script re-run per process, or the processes of torchrun / a SLURM job); None for one process.
-    Its accelerator is ``device``'s type (null: cuda if available, else cpu: gloo)."""
-    device = check_devices(cfg)
-    if device is None:
-        return None
-    quiet_lightning(cfg.num_nodes)  # the srun hint on one node
-    # Fabric's all_gather goes through torch.distributed.nn (for autograd), which torch now calls deprecated
-    warnings.filterwarnings("ignore", r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
-                            module=r"lightning\.fabric\.utilities\.distributed")
-    fabric = L.Fabric(accelerator="gpu" if device == "cuda" else "cpu", strategy="ddp", devices=cfg.devices,
-                      num_nodes=cfg.num_nodes)
-    fabric.launch()
-    return fabric
-
-
-def fabric_shard(fabric: L.Fabric | None) -> Shard:
-    """This process's ``Shard`` of the Fabric job (one process: rank 0 of 1); ``gather_rows`` gives
-    every rank's rows in rank order (all_gather needs one shape: padded to the longest, then cut)."""
-    if fabric is None:
-        return Shard()
-
-    def gather_rows(t: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        padded = t.new_zeros(max(max(counts), 1), *t.shape[1:])
-        padded[: len(t)] = t
-        gathered = fabric.all_gather(padded.to(fabric.device))  # (world, max, ...)
-        return torch.cat([gathered[r, :c] for r, c in enumerate(counts)]).cpu()
-
-    return Shard(fabric.global_rank, fabric.world_size, lambda t: fabric.all_reduce(t, reduce_op="sum"), gather_rows)
 
 
 def load_reference(cfg: DictConfig, data_cfg, extractor: Extractor, device) -> tuple[FeatureStats, str]:
@@ -308,7 +250,7 @@ def evaluate(cfg: DictConfig, feature_extractor: Extractor | None = None) -> dic
     if scores and extractor is None:  # fails early without weights (in every process: before the launch)
         extractor = InceptionFeatures(cfg.inception_weights)
     loaded = load_run(cfg.ckpt_path, denoiser_changes(cfg)) if cfg.ckpt_path else None  # before the launch too
-    if "nll" in metrics and loaded and loaded[2].codec.latent:  # codec=autoencoder
+    if "nll" in metrics and loaded and module_kind(loaded[1]) == "latent":
         raise ConfigError("metrics=[nll] on a latent diffusion model would be bits/dim of its autoencoder's latents, "
                           "not of images: leave nll out (measure fd, fid) for a codec=autoencoder run")
     fabric = launch(cfg)  # None: this one process

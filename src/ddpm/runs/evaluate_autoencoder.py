@@ -1,4 +1,4 @@
-"""``evaluate.py`` on an autoencoder checkpoint (``module=autoencoder``): how well it reconstructs held-out images.
+"""``evaluate.py`` on an autoencoder checkpoint (``task=autoencoder``): how well it reconstructs held-out images.
 
     python evaluate.py ckpt_path=RUN/checkpoints/last.ckpt metrics=[psnr,fd]
 
@@ -34,10 +34,10 @@ from ddpm.evaluation.reconstruction import psnr
 from ddpm.evaluation.reference import reference_from_file
 from ddpm.plots.grid import image_grid
 from ddpm.runs.autoencoder_load import load_autoencoder
-from ddpm.runs.build_autoencoder import is_autoencoder_config
 from ddpm.runs.classifier_eval import classifier_eval
-from ddpm.runs.load import read_run_config
+from ddpm.runs.run_config import module_kind, read_run_config
 from ddpm.runs.validate import validate_evaluate_config
+from ddpm.training.checkpoints import run_of_checkpoint
 
 SHOWN = ("psnr", "fd", "fd_floor", "accuracy", "fid", "kid_mean")  # printed; metrics.json has everything
 
@@ -45,9 +45,9 @@ SHOWN = ("psnr", "fd", "fd_floor", "accuracy", "fid", "kid_mean")  # printed; me
 def is_autoencoder_checkpoint(ckpt_path) -> bool:
     """Whether ``<run>/checkpoints/X.ckpt``'s run trained an autoencoder (False for anything unreadable:
     the diffusion loader then says what is wrong with it)."""
-    config = Path(str(ckpt_path)).expanduser().parent.parent / "config.yaml"
     try:
-        return is_autoencoder_config(OmegaConf.load(config))
+        _, run_dir = run_of_checkpoint(str(ckpt_path))
+        return module_kind(OmegaConf.load(run_dir / "config.yaml")) == "autoencoder"
     except Exception:
         return False
 
@@ -75,7 +75,7 @@ def evaluate_autoencoder(cfg: DictConfig, feature_extractor: Extractor | None = 
     if inception and extractor is None:
         extractor = InceptionFeatures(cfg.inception_weights)  # fails early without weights
     autoencoder, info = load_autoencoder(cfg.ckpt_path)
-    run_dir = Path(str(cfg.ckpt_path)).expanduser().parent.parent
+    _, run_dir = run_of_checkpoint(str(cfg.ckpt_path))
     data_cfg = cfg.get("data") or read_run_config(run_dir / "config.yaml").data
     images, labels = test_images(data_cfg, cfg.num_samples)  # (N, C, H, W), (N,)
     if "accuracy" in metrics and labels is None:

@@ -2,7 +2,7 @@
 
 A run directory keeps the config it was trained with; its ``_target_`` paths and the keys that
 moved are rewritten here, so checkpoints written before the change still load. State-dict names
-did not change.
+did not change. The command-line overrides a run was started with (``resume=``) are upgraded here too.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ MOVED_TARGETS = {
     "ddpm.fid.FIDCallback": "ddpm.training.callbacks.fid.FIDCallback",
     "ddpm.toy.ToyPlots": "ddpm.training.callbacks.toy_plots.ToyPlots",
     "ddpm.toy.CPUThreads": "ddpm.training.callbacks.cpu_threads.CPUThreads",
+    # issue 23: checkpoint and logging plumbing each in one place
+    "ddpm.training.checkpoint_io.AtomicCheckpointIO": "ddpm.training.checkpoints.AtomicCheckpointIO",
+    "ddpm.training.wandb_run.wandb_logger": "ddpm.training.logs.wandb_run.wandb_logger",
+    "ddpm.training.csv_logger.CSVLogger": "ddpm.training.logs.csv_logger.CSVLogger",
 }
 
 
@@ -54,7 +58,8 @@ def upgrade_run_config(cfg: DictConfig) -> DictConfig:
         if data is not None and data.get("_target_") == "ddpm.data.datamodule.ImageDataModule" and "name" not in data:
             builder = data.dataset._target_.rpartition(".")[2]  # the dataset's name keys its reference statistics
             data.name = None if builder == "image_folder" else builder
-        if "denoiser" not in cfg:  # prediction type from the loss, clipping and variance from the sampler
+        if "denoiser" not in cfg and "loss" in cfg:  # prediction type from the loss, clipping and variance from the
+            # sampler (an autoencoder run has neither)
             sampler = cfg.get("sampler") or {}
             cfg.denoiser = {
                 "_target_": "ddpm.diffusion.denoiser.Denoiser", "_partial_": True,
@@ -72,8 +77,7 @@ def upgrade_lr_schedule(cfg: DictConfig) -> None:
     """A run from before the ``lr_schedule`` group: ``module.warmup_steps`` and ``module.cosine_decay`` (a cosine
     to 0 at ``trainer.max_steps``) become the ``lr_schedule`` node."""
     module = cfg.get("module")
-    if "lr_schedule" in cfg or not isinstance(module, DictConfig) or "warmup_steps" not in module \
-            or "DiffusionModule" not in str(module.get("_target_")):
+    if "lr_schedule" in cfg or not isinstance(module, DictConfig) or "warmup_steps" not in module:
         return
     decay = module.pop("cosine_decay", False)
     max_steps = OmegaConf.select(cfg, "trainer.max_steps", default=None)
@@ -118,3 +122,35 @@ def upgrade_conditioning(cfg: DictConfig) -> None:
                             "p_uncond": p_uncond}
     else:
         cfg.conditioning = {"_target_": CONDITIONING + "Unconditional"}
+
+
+# train.py options that moved when the configs were split by task (issue 23): old override -> new
+MOVED_OVERRIDES = {"model=autoencoder_kl_f4": "autoencoder=kl_f4", "model=autoencoder_kl_f8": "autoencoder=kl_f8",
+                   "module=autoencoder": "task=autoencoder",
+                   # the conditioning, codec and lr_schedule groups (issue 23)
+                   "module=latent": "codec=autoencoder", "text_encoder=small": "conditioning=text_small",
+                   "text_encoder=clip": "conditioning=text_clip", "model.num_classes=${data.num_classes}": "conditioning=class",
+                   "module.cosine_decay=true": "lr_schedule=cosine", "module.cosine_decay=false": "lr_schedule=constant"}
+# keys that moved: old prefix -> new (module.autoencoder_ckpt=X -> codec.autoencoder_ckpt=X)
+MOVED_KEYS = {"module.p_uncond": "conditioning.p_uncond", "module.warmup_steps": "lr_schedule.warmup_steps",
+              "text_encoder.": "conditioning.encoder.",
+              **{f"module.{k}": f"codec.{k}" for k in ("autoencoder_ckpt", "scale_factor", "scale_images", "cache_latents",
+                                                       "max_cache_bytes")}}
+DIFFUSION_GROUPS = ("schedule", "denoiser", "loss", "sampler", "guidance", "text_encoder")
+
+
+def moved_key(override: str) -> str:
+    for old, new in MOVED_KEYS.items():
+        if override.startswith(old) and (old.endswith(".") or override[len(old):len(old) + 1] == "="):
+            return new + override[len(old):]
+    return override
+
+
+def upgrade_overrides(overrides: list[str]) -> list[str]:
+    """A run's saved command-line overrides in today's config layout: the autoencoder's nets and module
+    moved (``MOVED_OVERRIDES``), so did the conditioning, latent and learning-rate options (``MOVED_KEYS``), and since a ``task=autoencoder`` run composes none of the diffusion
+    groups, its ``schedule=null``-style overrides are dropped. Others are unchanged."""
+    moved = [moved_key(MOVED_OVERRIDES.get(o, o)) for o in overrides]
+    if "task=autoencoder" not in moved:
+        return moved
+    return [o for o in moved if not (o.partition("=")[0].lstrip("+~") in DIFFUSION_GROUPS and o.endswith("=null"))]

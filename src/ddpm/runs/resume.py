@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 from ddpm.errors import ConfigError, exit_with
+from ddpm.runs.legacy import upgrade_overrides
 
 _RESUME = re.compile(r"^\+{0,2}resume=(.*)$", re.DOTALL)
 # keys that resume= sets itself: a saved value of them is dropped
@@ -45,7 +46,7 @@ def saved_overrides(run_dir: Path) -> list[str]:
     saved = yaml.safe_load(overrides.read_text()) or []
     if not isinstance(saved, list) or not all(isinstance(o, str) for o in saved):
         raise ConfigError(f"resume={run_dir}: {overrides} is not a list of overrides")
-    return saved
+    return upgrade_overrides(saved)  # options renamed since the run started
 
 
 def expand_resume(args: list[str]) -> list[str]:

@@ -125,7 +125,7 @@ def perceptual_weights(v, cfg) -> str | None:
 
 def wandb_project(v, cfg) -> str | None:
     """``logger.project`` of ``logger=wandb``: a name W&B accepts, or null (``$WANDB_PROJECT``)."""
-    from ddpm.training.wandb_run import PROJECT_ALLOWED, is_project
+    from ddpm.training.logs.wandb_run import PROJECT_ALLOWED, is_project
 
     return None if v is None or is_project(v) else PROJECT_ALLOWED
 
@@ -203,7 +203,6 @@ TRAIN: tuple[tuple[str, Check], ...] = (
     ("callbacks.fid.sampler.steps", steps_within_schedule),
     ("optimizer.lr", number(0, inclusive=False, what="a number > 0 such as 1e-3")),
     ("optimizer.weight_decay", number(0)),
-    ("module.warmup_steps", integer(0)),
     ("lr_schedule.warmup_steps", integer(0)),
     ("module.ema_decay", number(0, high=1, what="a number from 0 to 1 such as 0.999")),
     ("module.max_nonfinite_steps", integer(1)),
@@ -214,7 +213,6 @@ TRAIN: tuple[tuple[str, Check], ...] = (
     ("module.perceptual_path", perceptual_weights),
     ("module.disc_start", integer(0, what="an integer >= 0 (the step the discriminator starts at)")),
     ("module.disc_weight", number(0)),
-    ("module.cosine_decay", boolean),
     # codec=autoencoder (issue 15); a missing codec.autoencoder_ckpt (???) is named where the module is built
     ("codec.autoencoder_ckpt", existing_file),
     ("codec.scale_factor", lambda v, cfg: None if v == "auto" or number(0, inclusive=False)(v, cfg) is None

@@ -1,1 +1,3 @@
-"""Training with Lightning: the DiffusionModule, EMA, speed switches, FLOP accounting, and the callbacks (one per file)."""
+"""Training with Lightning: the LightningModules (diffusion, latent diffusion, autoencoder) and their parts (EMA,
+speed switches, FLOP accounting, ...), the callbacks (one per file), checkpoints (``checkpoints``) and the logging
+plumbing (``logs``)."""

@@ -2,7 +2,7 @@
 
 Rombach et al. 2022 (Sec. 3, App. G): reconstruction + a small KL towards N(0, I) keeps the latent
 space smooth and of bounded scale for the diffusion model trained on it later; the adversarial term
-(Esser et al. 2021) sharpens the reconstructions. The loss math is in ``ddpm.training.autoencoder_loss``.
+(Esser et al. 2021) sharpens the reconstructions. The loss math is in ``ddpm.autoencoding.loss``.
 
 Without a discriminator Lightning optimizes as for the diffusion model (gradient clipping, warm-up,
 accumulation). With one, this module steps both optimizers itself (manual optimization): the
@@ -20,9 +20,9 @@ from torch import Tensor, nn
 
 from ddpm.errors import ConfigError
 from ddpm.nets.autoencoder import KLAutoencoder
-from ddpm.training.checkpoint_load import check_steps_left
-from ddpm.training.lr_schedule import warmup_then_cosine
-from ddpm.training.autoencoder_loss import (Perceptual, adaptive_weight, check_autoencoder_loss_options, hinge_d_loss,
+from ddpm.training.checkpoints import check_steps_left
+from ddpm.training.lr_schedule import warmup_cosine_lr
+from ddpm.autoencoding.loss import (Perceptual, adaptive_weight, check_autoencoder_loss_options, hinge_d_loss,
                                             reconstruction_loss)
 
 
@@ -42,9 +42,8 @@ class AutoencoderModule(L.LightningModule):
         discriminator: a patch discriminator (``module/discriminator=patchgan``) or None.
         disc_start: the optimizer step at which the adversarial terms start.
         disc_weight: scale of the adaptive weight of the generator's adversarial loss (LDM: 0.5).
-        warmup_steps: linear learning-rate warm-up of the autoencoder over this many steps.
-        cosine_decay: then decay its learning rate along a cosine to 0 at ``trainer.max_steps`` (a
-            steadier end of a short run than a constant rate).
+        lr_schedule: ``lr_schedule(optimizer) -> LambdaLR`` of the autoencoder's optimizer (``conf/lr_schedule/``:
+            a linear warm-up, then constant or a cosine to 0 at ``trainer.max_steps``); None: constant.
         gradient_clip_val: with a discriminator, the autoencoder's gradient-norm clip (Lightning does not
             clip under manual optimization: ``build_autoencoder_module`` moves ``trainer.gradient_clip_val``
             here); without one, unused (the trainer clips).
@@ -53,13 +52,11 @@ class AutoencoderModule(L.LightningModule):
     def __init__(self, autoencoder: KLAutoencoder, optimizer: Callable[..., torch.optim.Optimizer],
                  sample_shape, reconstruction: str = "l1", kl_weight: float = 1e-6, perceptual_weight: float = 0.0,
                  perceptual_path: str | None = None, discriminator: nn.Module | None = None, disc_start: int = 0,
-                 disc_weight: float = 0.5, warmup_steps: int = 0, cosine_decay: bool = False,
+                 disc_weight: float = 0.5, lr_schedule: Callable | None = None,
                  gradient_clip_val: float | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["autoencoder", "optimizer", "discriminator"], logger=False)
+        self.save_hyperparameters(ignore=["autoencoder", "optimizer", "discriminator", "lr_schedule"], logger=False)
         check_autoencoder_loss_options(reconstruction, kl_weight, disc_start, disc_weight, perceptual_weight)
-        if warmup_steps < 0:
-            raise ConfigError(f"module.warmup_steps={warmup_steps!r} is not allowed: use 0 (no warm-up) or more")
         shape = (autoencoder.in_channels, autoencoder.image_size, autoencoder.image_size)
         if tuple(sample_shape) != shape:
             raise ConfigError(f"the autoencoder takes images of shape {list(shape)} (model.in_channels, model.image_size)"
@@ -72,7 +69,7 @@ class AutoencoderModule(L.LightningModule):
         self.perceptual_weight = float(perceptual_weight)
         self.perceptual = Perceptual(perceptual_path) if perceptual_weight > 0 else None
         self.disc_start, self.disc_weight = disc_start, float(disc_weight)
-        self.warmup_steps, self.cosine_decay = warmup_steps, bool(cosine_decay)
+        self.lr_schedule = lr_schedule or warmup_cosine_lr
         self.gradient_clip_val = gradient_clip_val
         self.automatic_optimization = discriminator is None
 
@@ -134,9 +131,7 @@ class AutoencoderModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.autoencoder.parameters())
-        # linear warm-up, then constant or a cosine to 0 at trainer.max_steps
-        decay = self.trainer.max_steps if self.cosine_decay else None
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_cosine(self.warmup_steps, decay))
+        scheduler = self.lr_schedule(optimizer)  # linear warm-up, then constant or a cosine to 0 at trainer.max_steps
         first = {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         if self.discriminator is None:
             return first

@@ -24,7 +24,7 @@ from ddpm.diffusion.denoiser import Denoiser
 from ddpm.diffusion.guidance import ClassifierFreeGuidance, check_scale
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import ConfigError
-from ddpm.training.checkpoint_load import check_steps_left, current_name
+from ddpm.training.checkpoints import check_steps_left, current_name
 from ddpm.training.codec import PixelCodec
 from ddpm.training.conditioning import Conditioning, conditioning_of
 from ddpm.training.ema import make_ema

@@ -50,7 +50,7 @@ class Reconstructions(PeriodicDrawing):
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
         if not hasattr(pl_module, "reconstruct"):
             raise ConfigError(f"callbacks.reconstructions draws an autoencoder's reconstructions, but this run trains "
-                              f"{type(pl_module).__name__}: use it with module=autoencoder (e.g. experiment=autoencoder_mnist)")
+                              f"{type(pl_module).__name__}: use it with task=autoencoder (e.g. experiment=autoencoder_mnist)")
 
     def draw(self, trainer: L.Trainer, pl_module) -> None:
         if self._images is None:

@@ -2,7 +2,7 @@
 
 ``torch.load(weights_only=True)`` refuses any pickle that would import or call something other than
 tensor rebuilders and plain containers, so a crafted file cannot run code. Both readers of a user's
-checkpoint use this: ``ddpm.runs.load.load_run`` (evaluation) and the resume in ``trainer.fit``.
+checkpoint use this: ``ddpm.runs.load`` (evaluation, the autoencoder of a latent run) and the resume in ``trainer.fit``.
 """
 
 from __future__ import annotations

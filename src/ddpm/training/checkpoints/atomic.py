@@ -1,4 +1,4 @@
-"""Checkpoints written atomically in their own directory, and found again after a crash.
+"""Checkpoints written atomically in their own directory, and whole files told from cut-short ones.
 
 Lightning's ``_atomic_save`` writes through an fsspec transaction whose temp file lives in ``$TMPDIR``
 and is moved with ``shutil.move``: a copy, not a rename, when ``$TMPDIR`` is another filesystem
@@ -10,7 +10,6 @@ fsync the directory. A reader sees the old file or the new one, never a part.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import zipfile
 from contextlib import suppress
@@ -20,10 +19,8 @@ from typing import Any
 import torch
 from fsspec.utils import get_protocol
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_only
 
-from ddpm.errors import ConfigError
-from ddpm.training.checkpoint_load import read_checkpoint
+from ddpm.training.checkpoints.reading import read_checkpoint
 
 TEMP_SUFFIX = ".partial"  # temp files are ".<name>.<random>.partial" beside <name>
 
@@ -87,72 +84,6 @@ def is_complete(path: str | os.PathLike) -> bool:
             return archive.testzip() is None
     except (OSError, zipfile.BadZipFile, EOFError, ValueError):
         return False
-
-
-def newest_complete(path: str | os.PathLike) -> Path | None:
-    """``path`` if complete, else the most recently written complete ``*.ckpt`` beside it (None if none)."""
-    path = Path(path)
-    if is_complete(path):
-        return path
-    others = sorted((p for p in path.parent.glob("*.ckpt") if p != path), key=lambda p: p.stat().st_mtime, reverse=True)
-    return next((p for p in others if is_complete(p)), None)
-
-
-def resolve_resume(ckpt_path: str | None) -> str | None:
-    """The checkpoint to resume from: ``ckpt_path``, or when it is damaged (a save cut short by a kill
-    or a full disk) the newest complete checkpoint beside it, with one line saying so. Also removes
-    the temp files a killed run left beside it. A missing file is returned as is, for the caller."""
-    if ckpt_path is None or not Path(ckpt_path).is_file():
-        return ckpt_path
-    path = Path(ckpt_path)
-    if rank_zero_only.rank == 0:  # one process cleans up; rank 0 is the one that writes checkpoints
-        remove_orphans(path.parent)
-    found = newest_complete(path)
-    if found is None:
-        raise ConfigError(f"ckpt_path={ckpt_path} is damaged (not a complete checkpoint) and no complete "
-                          f"*.ckpt is beside it to fall back to")
-    if found != path and rank_zero_only.rank == 0:
-        print(f"warning: ckpt_path={ckpt_path} is damaged (not a complete checkpoint); resuming from {found}, "
-              f"the newest complete checkpoint beside it", file=sys.stderr, flush=True)
-    return str(found)
-
-
-def saved_step(path: str | os.PathLike) -> int:
-    """The ``global_step`` a complete checkpoint was saved at (its tensors are memory-mapped, not read)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return int(checkpoint.get("global_step", -1)) if isinstance(checkpoint, dict) else -1
-
-
-def run_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
-    """The checkpoints a run directory holds: Lightning's ``hpc_ckpt_N.ckpt`` (written when SLURM's
-    requeue signal came) in the run directory and ``checkpoints/*.ckpt`` (``last.ckpt``, the periodic
-    ones, the stop save)."""
-    run_dir = Path(run_dir)
-    return sorted([*run_dir.glob("hpc_ckpt_*.ckpt"), *(run_dir / "checkpoints").glob("*.ckpt")])
-
-
-def find_resume(run_dir: str | os.PathLike) -> tuple[Path, int] | None:
-    """The newest complete checkpoint of ``run_dir`` and its step: the highest ``global_step``, the
-    most recently written among equals; None when the run has none (a first start). Damaged files (a
-    save cut short) are passed over, and the temp files a killed save left are removed.
-
-    Every candidate's step is read from its pickle alone (memory-mapped: a long run may hold
-    thousands of periodic checkpoints); only the chosen one is read whole for its CRC check, and
-    the next one when it fails.
-    """
-    if rank_zero_only.rank == 0:
-        for directory in (Path(run_dir), Path(run_dir) / "checkpoints"):
-            remove_orphans(directory)
-    ranked = []
-    for path in run_checkpoints(run_dir):
-        try:
-            ranked.append(((saved_step(path), path.stat().st_mtime), path))
-        except Exception:  # cut short before its index, or not tensors and plain containers: not resumed from
-            continue
-    for (step, _), path in sorted(ranked, reverse=True):
-        if is_complete(path):
-            return path, step
-    return None
 
 
 def is_local(path) -> bool:
