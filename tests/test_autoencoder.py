@@ -179,12 +179,11 @@ def test_one_line_refusals(tmp_path):
 
 def test_learning_rate_warms_up_then_falls_along_a_cosine(tmp_path):
     import math
-    import types
 
     from ddpm.runs.build import build_module
 
-    module = build_module(compose_train(*AE_TINY, "lr_schedule=cosine", "lr_schedule.warmup_steps=10", tmp_path=tmp_path))
-    module._trainer = types.SimpleNamespace(max_steps=100)  # what configure_optimizers reads of the trainer
+    module = build_module(compose_train(*AE_TINY, "lr_schedule=cosine", "lr_schedule.warmup_steps=10",
+                                        "trainer.max_steps=100", tmp_path=tmp_path))  # the cosine ends at max_steps
     config = module.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     for k in range(100):

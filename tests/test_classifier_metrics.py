@@ -23,6 +23,7 @@ from ddpm.evaluation.classifier_metrics import classifier_scores, per_class_fd
 from ddpm.evaluation.feature_stats import FeatureStats
 from ddpm.evaluation.npz import save_images_npz
 from ddpm.evaluation.sampling import balanced_labels, generate_images
+from ddpm.training.conditioning import ClassConditioning
 
 SMALL = C.Recipe(width=8, feature_dim=16, epochs=12, batch_size=128, lr=2e-2, holdout=0.2, shift=1)
 
@@ -165,7 +166,7 @@ def test_evaluate_scores_a_samples_npz_with_labels_without_inception(small_digit
 class DigitsStandIn:
     """A 'model' whose samples are training digits of the requested class: ``sample(n, cond=labels)``."""
 
-    num_classes, device, sample_shape = 10, torch.device("cpu"), (1, 8, 8)
+    conditioning, device, sample_shape = ClassConditioning(10), torch.device("cpu"), (1, 8, 8)
 
     def __init__(self):
         images, self.labels = C.dataset_arrays(datamodule().build_dataset())

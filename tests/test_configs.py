@@ -243,7 +243,7 @@ def test_a_saved_config_mixing_the_kinds_is_one_line_naming_both(tmp_path):
 
     diffusion, autoencoder = (compose_train(*o, tmp_path=tmp_path) for o in ([], ["experiment=autoencoder_mnist"]))
     assert (module_kind(diffusion), module_kind(autoencoder)) == ("diffusion", "autoencoder")
-    assert module_kind(compose_train("module=latent", tmp_path=tmp_path)) == "latent"
+    assert module_kind(compose_train("codec=autoencoder", tmp_path=tmp_path)) == "latent"
     mixed = diffusion.copy()
     mixed.model = autoencoder.model  # what `model=autoencoder_kl_f4 module=diffusion` composed before issue 23
     with pytest.raises(ConfigError, match=r"model._target_=ddpm.nets.autoencoder.KLAutoencoder is an autoencoder, "

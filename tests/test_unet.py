@@ -24,10 +24,12 @@ DATA_SHAPES = {
 
 
 def build(name: str, channels: int = 1, image_size: int = 8, **overrides) -> UNet:
-    """Instantiate conf/model/<name>.yaml by hand, substituting the ${data.*} interpolations."""
+    """Instantiate conf/model/<name>.yaml by hand, substituting the interpolations (the data's shape; no
+    conditioning, no learned variance: what the other groups' defaults give)."""
     conf = yaml.safe_load((MODEL_CONFS / f"{name}.yaml").read_text())
     assert conf.pop("_target_") == "ddpm.nets.unet.UNet"
-    conf.update(image_size=image_size, in_channels=channels, **overrides)
+    conf.update(image_size=image_size, in_channels=channels, num_classes=None, context_dim=None, learn_sigma=False)
+    conf.update(overrides)
     return UNet(**conf)
 
 

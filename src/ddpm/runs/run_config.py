@@ -43,7 +43,8 @@ def module_kind(cfg: DictConfig) -> str:
         raise ConfigError(f"module._target_={target!r} is not a module this project trains: use module=diffusion "
                           "(codec=autoencoder for latents), or an autoencoder run (python train.py experiment=autoencoder_mnist)")
     kind = KINDS[target]
-    if kind == "diffusion" and "autoencoder_ckpt" in (OmegaConf.select(cfg, "codec", default=None) or {}):
+    codec = OmegaConf.select(cfg, "codec", default=None)
+    if kind == "diffusion" and codec and "autoencoder_ckpt" in codec.keys():  # (`in` alone: False for a missing ???)
         kind = "latent"
     net = OmegaConf.select(cfg, "model._target_", default=None)
     if kind == "autoencoder" and net != AUTOENCODER_NET:
