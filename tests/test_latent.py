@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from conftest import CONF, TINY, compose_train
 from ddpm.errors import ConfigError, root_config_error
 from ddpm.nets.autoencoder import KLAutoencoder, weights_digest
-from ddpm.training.latents import LatentCache, latent_scale, posterior_moments
+from ddpm.autoencoding.latents import LatentCache, latent_scale, posterior_moments
 
 # A tiny autoencoder of the 8x8 digits: one level (f=1), so its latents are 4x8x8, unet_latent's shape.
 TINY_AE = ["data=digits", "model.base_channels=8", "model.channel_mult=[1]", "model.norm_groups=4",
@@ -111,7 +111,7 @@ def test_a_latent_run_trains_samples_decodes_and_evaluates_to_images_and_refuses
     # the scale factor, computed at the start of the fit from 256 training images (seed 0)
     from ddpm.data.images import digits
     from ddpm.runs.autoencoder_load import load_autoencoder
-    from ddpm.training.latents import scale_images
+    from ddpm.autoencoding.latents import scale_images
 
     ae, info = load_autoencoder(autoencoders[0])
     assert info["digest"] == digest

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ddpm.data.images import TensorImageDataset
 from ddpm.errors import ConfigError
-from ddpm.training.latents import LatentCache, latent_scale, posterior_moments, scale_images
+from ddpm.autoencoding.latents import LatentCache, latent_scale, posterior_moments, scale_images
 
 
 class PixelCodec(nn.Module):
@@ -57,7 +57,7 @@ class LatentCodec(PixelCodec):
     unit variance, the scale every noise schedule assumes of its data (x_T ~ N(0, I) must swamp
     them, and the signal-to-noise ratio at each t must mean what it does for images in [-1, 1]);
     Stable Diffusion's 0.18215 is this number for its autoencoder. ``auto`` computes it at the start
-    of a fresh fit from ``scale_images`` training images (``ddpm.training.latents.scale_images``,
+    of a fresh fit from ``scale_images`` training images (``ddpm.autoencoding.latents.scale_images``,
     seed 0: the same images on every rank, and rank 0's number is broadcast) and keeps it in the
     ``scale_factor`` buffer, so checkpoints carry it and a resume or an evaluation never recomputes it.
 
