@@ -402,3 +402,21 @@ def test_a_config_error_behind_hydras_wrapping_is_raised_as_itself_and_other_err
     with pytest.raises(KeyError, match="not a config error"):
         with unwrapped_config_errors():
             raise KeyError("not a config error")
+
+
+@pytest.mark.parametrize("arg, new", [
+    ("text_encoder=small", "conditioning=text_small"),
+    ("model.num_classes=${data.num_classes}", "conditioning=class"),
+    ("module=latent", "codec=autoencoder"),
+    ("module.autoencoder_ckpt=AE/last.ckpt", "codec.autoencoder_ckpt=AE/last.ckpt"),
+    ("module.warmup_steps=5", "lr_schedule.warmup_steps=5"),
+    ("model=autoencoder_kl_f4", "autoencoder=kl_f4"),
+])
+def test_an_option_of_the_old_config_layout_is_one_line_naming_the_new_one(arg, new, capfd):
+    from ddpm.runs.resume import resume_argv
+
+    with pytest.raises(SystemExit) as exit_:
+        resume_argv(["train.py", "trainer.max_steps=5", arg])
+    assert exit_.value.code == 2
+    assert lines(capfd.readouterr().err) == [f"error: {arg} is an option of an older config layout: use {new}"]
+    assert resume_argv(["train.py", new]) == ["train.py", new]  # today's spelling passes through

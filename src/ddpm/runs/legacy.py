@@ -139,6 +139,11 @@ MOVED_KEYS = {"module.p_uncond": "conditioning.p_uncond", "module.warmup_steps":
 DIFFUSION_GROUPS = ("schedule", "denoiser", "loss", "sampler", "guidance", "text_encoder")
 
 
+def moved_override(override: str) -> str:
+    """One command-line override in today's config layout (unchanged when nothing about it moved)."""
+    return moved_key(MOVED_OVERRIDES.get(override, override))
+
+
 def moved_key(override: str) -> str:
     for old, new in MOVED_KEYS.items():
         if override.startswith(old) and (old.endswith(".") or override[len(old):len(old) + 1] == "="):
@@ -150,7 +155,7 @@ def upgrade_overrides(overrides: list[str]) -> list[str]:
     """A run's saved command-line overrides in today's config layout: the autoencoder's nets and module
     moved (``MOVED_OVERRIDES``), so did the conditioning, latent and learning-rate options (``MOVED_KEYS``), and since a ``task=autoencoder`` run composes none of the diffusion
     groups, its ``schedule=null``-style overrides are dropped. Others are unchanged."""
-    moved = [moved_key(MOVED_OVERRIDES.get(o, o)) for o in overrides]
+    moved = [moved_override(o) for o in overrides]
     if "task=autoencoder" not in moved:
         return moved
     return [o for o in moved if not (o.partition("=")[0].lstrip("+~") in DIFFUSION_GROUPS and o.endswith("=null"))]

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from ddpm.errors import ConfigError, exit_with
-from ddpm.runs.legacy import upgrade_overrides
+from ddpm.runs.legacy import moved_override, upgrade_overrides
 
 _RESUME = re.compile(r"^\+{0,2}resume=(.*)$", re.DOTALL)
 # keys that resume= sets itself: a saved value of them is dropped
@@ -75,8 +75,12 @@ def expand_resume(args: list[str]) -> list[str]:
 
 
 def resume_argv(argv: list[str]) -> list[str]:
-    """``sys.argv`` with ``resume=`` expanded; a bad run directory exits 2 with one line on stderr."""
+    """``sys.argv`` with ``resume=`` expanded; a bad run directory, or an option of an older layout typed on the
+    command line (``text_encoder=small``: ``conditioning=text_small``), exits 2 with one line on stderr."""
     try:
+        for arg in argv[1:]:
+            if moved_override(arg) != arg:
+                raise ConfigError(f"{arg} is an option of an older config layout: use {moved_override(arg)}")
         return [argv[0], *expand_resume(argv[1:])]
     except ConfigError as error:
         exit_with(error)
