@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, TINY, compose_train, run_here
+from support.runs import ROOT, TINY, compose_train, run_here
 from ddpm.training import checkpoint_io
 from ddpm.training.checkpoint_io import AtomicCheckpointIO, is_complete, newest_complete, remove_orphans
 
@@ -70,7 +70,7 @@ KILLER = r"""
 import json, os, random, signal, sys, time, traceback
 from pathlib import Path
 sys.path.insert(0, "tests")
-from conftest import TINY, compose_train
+from support.runs import TINY, compose_train
 from ddpm.runs.train import train
 
 run_dir, trials = Path(sys.argv[1]), int(sys.argv[2])
@@ -156,7 +156,7 @@ def test_resume_from_a_damaged_only_checkpoint_is_one_config_error(tmp_path):
 def test_train_resumes_from_the_previous_checkpoint_when_last_is_truncated(tmp_path, monkeypatch, capfd):
     from ddpm.runs.train import train
 
-    first = tmp_path / "first"  # trained in this process; the resume through train.py's main (conftest.run_here)
+    first = tmp_path / "first"  # trained in this process; the resume through train.py's main (support.runs.run_here)
     train(compose_train(*TINY, "trainer.max_steps=5", "callbacks.checkpoint.every_n_train_steps=2",
                         "callbacks.sample_grid=null", tmp_path=first))
     last = first / "checkpoints" / "last.ckpt"

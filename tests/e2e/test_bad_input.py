@@ -23,9 +23,9 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import ROOT
+from support.runs import DATA, ROOT
 
-LEGACY_RUN = ROOT / "tests" / "data" / "legacy_run"  # a clean toy run: config.yaml + checkpoints/last.ckpt
+LEGACY_RUN = DATA / "legacy_run"  # a clean toy run: config.yaml + checkpoints/last.ckpt
 TINY = ["model=unet_tiny", "schedule.num_timesteps=20", "trainer.accelerator=cpu", "trainer.max_steps=1",
         "callbacks.progress_bar.refresh_rate=0", "callbacks.sample_grid.every_n_steps=0"]
 FOLDER = ["data=folder", "data.image_size=8", "model.attn_resolutions=[]"]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from support.runs import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bakeoff  # noqa: E402

@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF, ROOT, TINY, compose_train
+from support.runs import CONF, ROOT, TINY, compose_train
 from ddpm.data.pixels import to_uint8
 from ddpm.diffusion.samplers import DDIMSampler
 from ddpm.errors import ConfigError
@@ -37,9 +37,9 @@ from ddpm.evaluation.sampling import balanced_labels, chunk_seed, generate_shard
 from ddpm.runs.build import build_module
 from ddpm.runs.evaluate import evaluate
 from ddpm.runs.load import load_run
-from standins import StandIn
+from support.classifier import SMALL
+from support.standins import StandIn
 
-SMALL = C.Recipe(width=8, feature_dim=16, epochs=12, batch_size=128, lr=2e-2, holdout=0.2, shift=1)
 LAUNCHER_VARIABLES = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE",
                       "GROUP_RANK", "TORCHELASTIC_RUN_ID"}  # a job around pytest is not the jobs started here
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
@@ -142,7 +142,7 @@ def ddp_jobs(tmp_path_factory):
                   f"{fid}_target_=ddpm.training.callbacks.fid.FIDCallback", f"{fid}every_n_steps=2", f"{fid}num_samples=6",
                   f"{fid}batch_size=8", f"{fid}seed=4", f"{fid}reference_count=64", f"{fid}cache_dir={tmp / 'fid'}",
                   f"{fid}sampler._target_=ddpm.diffusion.samplers.DDIMSampler", f"{fid}sampler.steps=3",
-                  f"{fid}sampler.eta=1.0", f"{fid}feature_extractor._target_=standins.StandIn"),
+                  f"{fid}sampler.eta=1.0", f"{fid}feature_extractor._target_=support.standins.StandIn"),
             start(tmp, "evaluate", "evaluate.py", *evaluation, "devices=2", f"out_dir={tmp / 'two'}",
                   f"hydra.run.dir={tmp / 'hydra'}")]
     try:

@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import ROOT
+from support.runs import ROOT
 from ddpm.data.pixels import to_uint8
 from ddpm.diffusion.likelihood import dataset_bpd
 from ddpm.diffusion.samplers import DDIMSampler, DDPMSampler
@@ -28,7 +28,7 @@ from ddpm.evaluation.sampling import chunk_seed
 from ddpm.runs.build import build_module
 from ddpm.runs.evaluate import evaluate
 from ddpm.runs.load import load_run
-from standins import StandIn, mnist_format_root
+from support.standins import StandIn, mnist_format_root
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for the module

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-KINDS_DIR = Path(__file__).parent / "data" / "kinds"  # see its README.md
+from support.runs import DATA
+
+KINDS_DIR = DATA / "kinds"  # see its README.md
 KINDS = ["unconditional", "class", "text", "autoencoder", "latent"]
 
 # The script that wrote expected.npz with the old code: the same loading and sampling calls, run here with today's.

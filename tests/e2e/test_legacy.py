@@ -1,6 +1,5 @@
 """Runs written before the package was layered still load, and sample what they sampled then."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +10,9 @@ from omegaconf import OmegaConf
 from ddpm.diffusion.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler
 from ddpm.runs.legacy import upgrade_run_config
 from ddpm.runs.load import load_run
+from support.runs import DATA
 
-LEGACY_RUN = Path(__file__).parent / "data" / "legacy_run"  # see its README.md
+LEGACY_RUN = DATA / "legacy_run"  # see its README.md
 
 
 def targets(node) -> list[str]:

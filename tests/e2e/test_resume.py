@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY, compose_train, run_here
+from support.runs import TINY, compose_train, run_here
 
 from ddpm.data.device_batches import DeviceBatches
 from ddpm.data.images import RandomHFlip, TensorImageDataset

@@ -12,14 +12,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF, TINY, run_here
+from support.runs import CONF, DATA, TINY, run_here
 from ddpm.errors import ConfigError
 from ddpm.evaluation.inception import InceptionFeatures, load_inception_state_dict
 from ddpm.runs.allowlist import ALLOWED_PACKAGES, checked_config, target_refusal
 from ddpm.runs.load import load_run
 from ddpm.training.checkpoint_load import read_checkpoint
 
-LEGACY_RUN = pathlib.Path(__file__).parent / "data" / "legacy_run"  # a clean run: config.yaml + checkpoints/last.ckpt
+LEGACY_RUN = DATA / "legacy_run"  # a clean run: config.yaml + checkpoints/last.ckpt
 
 
 class Payload:

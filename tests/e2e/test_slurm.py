@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, TINY, run_script
+from support.runs import ROOT, TINY, run_script
 
 pytestmark = pytest.mark.slurm
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, TINY, compose_train
+from support.runs import ROOT, TINY, compose_train
 
 
 def start_train(run_dir, *overrides) -> subprocess.Popen:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONF, TINY, compose_train
+from support.runs import CONF, TINY, compose_train
 from ddpm.evaluation import classifier as C
-from test_classifier_metrics import SMALL, datamodule
+from support.classifier import SMALL, datamodule
 from ddpm.data.captions import write_embeddings
 from ddpm.data.images import digits
 

@@ -5,7 +5,7 @@ land on the data."""
 import pytest
 import torch
 
-from conftest import compose_train
+from support.runs import compose_train
 from ddpm.data.points import PointDataModule, gaussians8, moons, spiral, swiss_roll
 from ddpm.evaluation.point_distances import mmd, nn_distance
 from ddpm.nets.mlp import MLPDenoiser

@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import ROOT, TINY, compose_train, run_here, run_train
+from support.runs import ROOT, TINY, compose_train, run_here, run_train
 
 # What Lightning prints on every run that a user cannot act on (ddpm.runs.train.quiet_lightning).
 NOISE = {
@@ -169,7 +169,7 @@ def test_help_lists_config_groups_and_options(monkeypatch, capfd):
 
 def test_wandb_is_not_imported_unless_chosen(tmp_path):
     # everything the default run builds before fitting: module, logger, callbacks, trainer
-    code = ("import sys; from conftest import compose_train; from ddpm.runs.build import build_module; "
+    code = ("import sys; from support.runs import compose_train; from ddpm.runs.build import build_module; "
             "from ddpm.runs.train import build_trainer; "
             f"cfg = compose_train('trainer.accelerator=cpu', tmp_path={str(tmp_path)!r}); "
             "build_module(cfg); trainer = build_trainer(cfg); "

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_train
+from support.runs import compose_train
 
 # experiment=autoencoder_mnist shrunk to the 8x8 digits: f=2 (8 -> a 4x4x4 latent, 8x8 is already a multiple), 6k params
 AE_TINY = [

@@ -1,4 +1,4 @@
-"""A U-Net that turns non-finite after a number of training calls, for tests/test_nonfinite.py (via PYTHONPATH)."""
+"""A U-Net that turns non-finite after a number of training calls, for tests/unit/training/test_nonfinite.py (``model._target_=support.nan_net.NaNAfter``)."""
 
 from ddpm.nets.unet import UNet
 

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ddpm"
+from support.runs import ROOT
+
+PACKAGE = ROOT / "src" / "ddpm"
 
 # layer -> the ddpm layers its modules may import (its own included)
 MAY_IMPORT = {

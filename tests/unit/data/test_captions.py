@@ -16,12 +16,12 @@ from ddpm.data.captions import CaptionTemplates, HostOrderDeviceBatches, sidecar
 from ddpm.data.datamodule import ImageDataModule
 from ddpm.data.device_batches import DeviceBatches
 from ddpm.data.images import DataError, digits, image_folder
+from support.runs import CONF
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def data_yaml(name: str, **overrides) -> ImageDataModule:
-    cfg = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "data" / f"{name}.yaml"), overrides)
+    cfg = OmegaConf.merge(OmegaConf.load(CONF / "data" / f"{name}.yaml"), overrides)
     return hydra.utils.instantiate(cfg)
 
 
@@ -50,7 +50,7 @@ def expected_row(text: str, length: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_templates_name_each_label_and_vary_across_draws():
-    cfg = OmegaConf.load(REPO / "conf" / "data" / "digits.yaml")
+    cfg = OmegaConf.load(CONF / "data" / "digits.yaml")
     plain = [t for t in cfg.caption_templates if "{strokes}" not in t]
     assert {"a handwritten {name}", "the digit {index}, {strokes}"} <= set(cfg.caption_templates)  # the examples
     templates = CaptionTemplates(plain, cfg.class_names)
@@ -87,7 +87,7 @@ def test_template_batches_are_the_plain_batches_captioned_deterministically_and_
     loader = data_yaml("digits", batch_size=128, captions="templates").train_dataloader()
     assert isinstance(loader.inner, DeviceBatches)  # served from memory, captioned on the host
     whole = list(loader)
-    names = OmegaConf.load(REPO / "conf" / "data" / "digits.yaml").class_names
+    names = OmegaConf.load(CONF / "data" / "digits.yaml").class_names
     for (x, labels), (images, captions) in zip(plain, whole):
         assert torch.equal(x, images) and isinstance(captions, list) and len(captions) == 128
         assert all(names[y] in c or f"digit {y}" in c for y, c in zip(labels.tolist(), captions))

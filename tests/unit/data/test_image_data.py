@@ -22,9 +22,9 @@ from ddpm.data.images import (
     fashion_mnist,
     mnist,
 )
-from shared_data import MNIST, require
+from support.runs import CONF
+from support.shared_data import MNIST, require
 
-REPO = Path(__file__).resolve().parents[1]
 FASHION_MNIST = tuple(f.replace("MNIST/", "FashionMNIST/", 1) for f in MNIST)
 SHARED_FILES = {"mnist": MNIST, "fashion_mnist": FASHION_MNIST}  # read from ../shared/data, skipped without it
 
@@ -173,11 +173,11 @@ def test_datamodule_loader_shuffles_and_drops_last_with_workers():
 
 def test_yaml_root_defaults_to_env_var(monkeypatch):
     monkeypatch.setenv("DDPM_DATA_ROOT", "/somewhere")
-    assert OmegaConf.load(REPO / "conf" / "data" / "mnist.yaml").root == "/somewhere"
+    assert OmegaConf.load(CONF / "data" / "mnist.yaml").root == "/somewhere"
 
 
 def test_yaml_with_missing_root_fails_in_setup_with_data_error(tmp_path):
-    cfg = OmegaConf.load(REPO / "conf" / "data" / "mnist.yaml")
+    cfg = OmegaConf.load(CONF / "data" / "mnist.yaml")
     cfg.root = str(tmp_path / "nope")
     dm = hydra.utils.instantiate(cfg)  # building the module reads nothing yet
     with pytest.raises(DataError, match="MNIST not found under .*nope"):
@@ -196,13 +196,13 @@ def yaml_roots(tmp_path: Path, cifar_root: Path) -> dict:
 
 
 IMAGE_DATA_YAMLS = sorted(  # the 2-D point sets (ddpm.toy) are tested in test_toy.py
-    p.stem for p in (REPO / "conf" / "data").glob("*.yaml") if "ddpm.data.datamodule.ImageDataModule" in p.read_text()
+    p.stem for p in (CONF / "data").glob("*.yaml") if "ddpm.data.datamodule.ImageDataModule" in p.read_text()
 )
 
 
 @pytest.mark.parametrize("name", IMAGE_DATA_YAMLS)
 def test_every_data_yaml_instantiates_and_yields_a_batch_of_declared_shape(name, tmp_path, cifar_root):
-    cfg = OmegaConf.load(REPO / "conf" / "data" / f"{name}.yaml")
+    cfg = OmegaConf.load(CONF / "data" / f"{name}.yaml")
     root = require(*SHARED_FILES[name]) if name in SHARED_FILES else yaml_roots(tmp_path, cifar_root)[name]
     overrides = {"batch_size": 2, "num_workers": 0} | ({"root": str(root)} if root else {})
     cfg = OmegaConf.merge(cfg, overrides)

@@ -282,7 +282,7 @@ def test_vlb_loss_with_importance_sampling_weights_t_by_one_over_p(sched):
 def test_the_loss_and_model_options_compose_into_a_hybrid_model(tmp_path):
     from hydra.utils import instantiate
 
-    from conftest import compose_train
+    from support.runs import compose_train
 
     cfg = compose_train("loss=hybrid", "model=mlp", "model.learn_sigma=true", "denoiser.variance=learned_range",
                         tmp_path=tmp_path)
@@ -294,7 +294,7 @@ def test_the_loss_and_model_options_compose_into_a_hybrid_model(tmp_path):
 
 
 def test_a_loss_that_cannot_train_the_network_output_fails_when_the_module_is_built(tmp_path):
-    from conftest import compose_train
+    from support.runs import compose_train
 
     from ddpm.runs.build import build_module
 

@@ -7,7 +7,7 @@ import torch
 
 from ddpm.diffusion import schedules
 from ddpm.diffusion.likelihood import discretized_gaussian_log_likelihood, nll_bpd, normal_kl, prior_bpd, vb_term_bpd
-from oracles import gaussian_denoiser, point_denoiser
+from support.oracles import gaussian_denoiser, point_denoiser
 
 LN2 = math.log(2.0)
 

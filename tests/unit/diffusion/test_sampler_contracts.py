@@ -7,7 +7,7 @@ from ddpm.diffusion import schedules
 from ddpm.errors import ConfigError
 from ddpm.diffusion.denoiser import Denoiser
 from ddpm.diffusion.samplers import DDPMSampler
-from oracles import gaussian_denoiser, point_denoiser
+from support.oracles import gaussian_denoiser, point_denoiser
 
 
 @pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])

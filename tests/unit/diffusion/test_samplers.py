@@ -6,7 +6,6 @@ mu + std (x_T - sqrt(abar_T) mu) / s_T. Deterministic samplers are checked path 
 """
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,9 +15,9 @@ from hydra.utils import instantiate
 from ddpm.diffusion import schedules
 from ddpm.errors import ConfigError
 from ddpm.diffusion.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler, step_pairs, timestep_sequence
-from oracles import gaussian_denoiser, point_denoiser
+from support.oracles import gaussian_denoiser, point_denoiser
+from support.runs import CONF
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 MU, STD = 0.3, 0.5
 
 

@@ -6,7 +6,6 @@ this file's budget: here a small recipe of the same code trains in about a secon
 numbers are recorded in benchmarks/RESULTS.md."""
 
 import dataclasses
-import functools
 import warnings
 
 import numpy as np
@@ -14,17 +13,15 @@ import pytest
 import scipy.linalg
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
-from conftest import CONF
 from ddpm.errors import ConfigError
 from ddpm.evaluation import classifier as C
 from ddpm.evaluation.classifier_metrics import classifier_scores, per_class_fd
 from ddpm.evaluation.feature_stats import FeatureStats
 from ddpm.evaluation.npz import save_images_npz
 from ddpm.evaluation.sampling import balanced_labels, generate_images
-
-SMALL = C.Recipe(width=8, feature_dim=16, epochs=12, batch_size=128, lr=2e-2, holdout=0.2, shift=1)
+from support.classifier import SMALL, datamodule
+from support.runs import CONF
 
 
 def frechet64(f1: np.ndarray, f2: np.ndarray) -> float:
@@ -35,13 +32,6 @@ def frechet64(f1: np.ndarray, f2: np.ndarray) -> float:
         warnings.simplefilter("ignore")
         covmean = scipy.linalg.sqrtm(s1 @ s2).real
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
-
-
-@functools.lru_cache
-def datamodule(name: str = "digits"):
-    """The ``ImageDataModule`` of ``conf/data/<name>.yaml`` (composed once; its datasets are built per call)."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return instantiate(compose("train", overrides=[f"data={name}"]).data)
 
 
 @pytest.fixture(scope="module")

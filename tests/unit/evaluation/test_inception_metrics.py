@@ -4,7 +4,6 @@ and the training callback with a stand-in feature extractor."""
 
 import math
 import threading
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -24,8 +23,9 @@ from ddpm.evaluation.npz import check_images, load_npz, save_images_npz
 from ddpm.evaluation.reference import Shard, dataset_key, reference_statistics
 from ddpm.evaluation.sampling import chunk_seed
 from ddpm.training.callbacks.fid import FIDCallback, fid_name, lightning_shard
-from shared_data import INCEPTION_WEIGHTS, MNIST, require
-from standins import StandIn
+from support.runs import CONF
+from support.shared_data import INCEPTION_WEIGHTS, MNIST, require
+from support.standins import StandIn
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -342,7 +342,7 @@ def test_fid_callback_logs_one_number_equal_to_an_independent_computation(tmp_pa
     from ddpm.runs.build import build_module
     from ddpm.diffusion.samplers import DDIMSampler
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = CONF
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose("train", overrides=["model=unet_tiny", "schedule.num_timesteps=20", "data.batch_size=16", "data.num_workers=0",
                                           *(["conditioning=class"] if conditional else [])])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
-from conftest import ROOT
+from support.runs import ROOT
 from ddpm.data.points import gaussians8
 from ddpm.diffusion import schedules
 from ddpm.diffusion.denoiser import Denoiser
@@ -17,7 +17,7 @@ from ddpm.diffusion.samplers import DDIMSampler, DDPMSampler
 from ddpm.errors import ConfigError
 from ddpm.evaluation.mixture import GaussianMixtureEps, circle_centres, fraction_on_mode, gaussians8_eps, nearest_mode
 from ddpm.plots.guidance import guidance_figure, guided_samples, pull_field
-from oracles import GaussianNet
+from support.oracles import GaussianNet
 
 SCHEDULE = schedules.cosine(100)
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import TINY, compose_train
+from support.runs import TINY, compose_train
 from ddpm.errors import ConfigError
 from ddpm.nets.dit import DiT
 from ddpm.nets.embeddings import timestep_embedding

@@ -19,8 +19,9 @@ from torch import nn
 
 from ddpm.errors import ConfigError
 from ddpm.nets.text_encoders import OpenCLIPTextEncoder, SmallTextEncoder
+from support import runs
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "text_encoder"
+CONF = runs.CONF / "text_encoder"
 PROMPTS = ["", "7", "a handwritten three", "the digit seven, drawn with thin strokes " * 4]  # the last is truncated
 
 

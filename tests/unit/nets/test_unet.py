@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,8 +9,9 @@ import yaml
 
 from ddpm.errors import ConfigError
 from ddpm.nets.unet import AttnBlock, UNet
+from support.runs import CONF
 
-MODEL_CONFS = Path(__file__).resolve().parents[1] / "conf" / "model"
+MODEL_CONFS = CONF / "model"
 # (batch, channels, image_size) fed to each model config in the shape test.
 DATA_SHAPES = {
     "unet_cifar10": (1, 3, 32),

@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CONF, ROOT
+from support.runs import CONF, ROOT
 from ddpm.diffusion import schedules
 from ddpm.errors import ConfigError
 from ddpm.plots.__main__ import main
 from ddpm.plots.images import load_image
 from ddpm.plots.schedules import BAD_SCHEDULES, get_schedule, schedule_curves, schedule_names
-from shared_data import MNIST, require
+from support.shared_data import MNIST, require
 
 
 def test_schedule_curves_are_the_schedule_buffers():

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, TINY
+from support.runs import ROOT, TINY
 from hydra.core.global_hydra import GlobalHydra
 
 from ddpm.errors import ConfigError
@@ -198,7 +198,7 @@ def test_a_job_requeued_max_requeues_times_is_not_requeued_again(monkeypatch):
 
 
 def test_max_requeues_is_checked_before_training():
-    from conftest import compose_train
+    from support.runs import compose_train
 
     from ddpm.runs.validate import validate_train_config
 

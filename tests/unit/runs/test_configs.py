@@ -4,7 +4,7 @@ import pytest
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF, SHARED_DATA, compose_train
+from support.runs import CONF, SHARED_DATA, compose_train
 
 
 def options(group: str) -> list[str]:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from autoencoder_fixtures import AE_TINY, write_autoencoder_run
-from conftest import CONF, TINY, compose_train
+from support.autoencoder_fixtures import AE_TINY, write_autoencoder_run
+from support.runs import CONF, TINY, compose_train
 from ddpm.errors import ConfigError
 from ddpm.evaluation.distances import check_metrics
 from ddpm.evaluation.reconstruction import psnr

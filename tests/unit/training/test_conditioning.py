@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import compose_train
+from support.runs import compose_train
 from ddpm.data.datamodule import ImageDataModule
 from ddpm.data.images import DataError, TensorImageDataset
 from ddpm.data.points import PointDataModule, gaussians8

@@ -16,7 +16,7 @@ from ddpm.errors import ConfigError
 from ddpm.nets.mlp import MLPDenoiser
 from ddpm.training.conditioning import ClassConditioning, TextConditioning, Unconditional
 from ddpm.training.module import DiffusionModule
-from text_standins import CharEncoder, TextNet
+from support.text_standins import CharEncoder, TextNet
 
 K = 3
 PROMPTS = ["a zero", "a one", "a two"]  # the class prompts of a text model: prompt k depicts class k

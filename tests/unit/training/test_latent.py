@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import CONF, TINY, compose_train
+from support.runs import CONF, TINY, compose_train
 from ddpm.errors import ConfigError, root_config_error
 from ddpm.nets.autoencoder import KLAutoencoder, weights_digest
 from ddpm.training.latents import LatentCache, latent_scale, posterior_moments

@@ -5,7 +5,7 @@ import csv
 
 import pytest
 import torch
-from conftest import TINY, run_here
+from support.runs import TINY, run_here
 from torch import nn
 
 from ddpm.errors import ConfigError
@@ -76,9 +76,9 @@ def test_a_disabled_ema_update_changes_nothing_and_does_not_count():
 
 def test_a_run_whose_net_turns_nan_stops_with_one_line_and_keeps_finite_checkpoints(tmp_path, monkeypatch, capfd):
     # Finite for 6 steps, NaN from the 7th (global_step 6) on; 3 in a row stop it after the 9th step.
-    # `python train.py ...` in this process (conftest.run_here), where tests/nan_net.py is importable
+    # `python train.py ...` in this process (support.runs.run_here), where tests/support/nan_net.py is importable
     code, _, err = run_here(
-        "train.py", *TINY, f"hydra.run.dir={tmp_path}", "model._target_=nan_net.NaNAfter", "+model.nan_after=6",
+        "train.py", *TINY, f"hydra.run.dir={tmp_path}", "model._target_=support.nan_net.NaNAfter", "+model.nan_after=6",
         "module.max_nonfinite_steps=3", "trainer.max_steps=40", "callbacks.checkpoint.every_n_train_steps=2",
         "callbacks.sample_grid=null", monkeypatch=monkeypatch, capfd=capfd,
     )

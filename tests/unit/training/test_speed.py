@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from conftest import ROOT
+from support.runs import ROOT
 from ddpm.diffusion import schedules
 from ddpm.data.datamodule import ImageDataModule
 from ddpm.data.device_batches import DeviceBatches

@@ -18,7 +18,7 @@ from ddpm.errors import ConfigError
 from ddpm.nets.mlp import MLPDenoiser
 from ddpm.training.conditioning import TextConditioning
 from ddpm.training.module import DiffusionModule
-from text_standins import CharEncoder, D, L, TextNet
+from support.text_standins import CharEncoder, D, L, TextNet
 
 
 def make_module(net=None, encoder="chars", p_uncond=0.1, denoiser=Denoiser, **kw):

@@ -5,7 +5,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from conftest import TINY, compose_train
+from support.runs import TINY, compose_train
 
 from ddpm.errors import ConfigError
 
