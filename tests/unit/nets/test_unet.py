@@ -24,8 +24,11 @@ DATA_SHAPES = {
 
 
 def build(name: str, channels: int = 1, image_size: int = 8, **overrides) -> UNet:
-    """Instantiate conf/model/<name>.yaml by hand, substituting the ${data.*} interpolations."""
+    """Instantiate conf/model/<name>.yaml by hand, substituting the ${data.*} interpolations and taking the
+    default of each ``${oc.select:conditioning.*,null}`` (an unconditional net unless ``overrides`` say)."""
     conf = yaml.safe_load((MODEL_CONFS / f"{name}.yaml").read_text())
+    conf = {k: None if isinstance(v, str) and v.startswith("${oc.select:") and v.endswith(",null}") else v
+            for k, v in conf.items()}
     assert conf.pop("_target_") == "ddpm.nets.unet.UNet"
     conf.update(image_size=image_size, in_channels=channels, **overrides)
     return UNet(**conf)
