@@ -1,4 +1,4 @@
-"""2-D toy diffusion: datasets, the MLP denoiser, the distances, and a model trained with the real
+"""2-D toy diffusion end to end: a model trained with the real
 ``experiment=toy_spiral`` config (``ddpm.runs.train.train``, what ``train.py`` calls), whose samples must
 land on the data."""
 
@@ -6,62 +6,17 @@ import pytest
 import torch
 
 from support.runs import compose_train
-from ddpm.data.points import PointDataModule, gaussians8, moons, spiral, swiss_roll
+from ddpm.data.points import spiral
 from ddpm.evaluation.point_distances import mmd, nn_distance
-from ddpm.nets.mlp import MLPDenoiser
 from ddpm.training.callbacks.toy_plots import ToyPlots, with_noise_scale
 from ddpm.errors import ConfigError
 from ddpm.runs.load import load_run
 
-DATASETS = [spiral, moons, swiss_roll, gaussians8]
 N = 2000  # points per compared set
 
 
 def nn_and_mmd(x, y):
     return nn_distance(x, y), mmd(x, y)
-
-
-# ---- datasets, network and distances --------------------------------------------------------------
-
-
-@pytest.mark.parametrize("make", DATASETS, ids=lambda f: f.__name__)
-def test_dataset_is_seeded_2d_and_inside_the_sampler_range(make):
-    a, b = (make(500, torch.Generator().manual_seed(3)) for _ in range(2))
-    c = make(500, torch.Generator().manual_seed(4))
-    assert a.shape == (500, 2) and a.dtype == torch.float32
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    assert a.abs().max() <= 1.0  # the samplers clip x0_hat to [-1, 1]
-    assert a.std(dim=0).min() > 0.2  # spread over the square, not a blob
-
-
-def test_datamodule_yields_batches_of_points_from_its_seed():
-    dm = PointDataModule(spiral, num_points=1000, seed=1, batch_size=100)
-    dm.setup("fit")
-    batches = list(dm.train_dataloader())
-    assert len(batches) == 10 and all(b[0].shape == (100, 2) for b in batches)
-    assert torch.equal(dm.points, spiral(1000, torch.Generator().manual_seed(1)))
-    with pytest.raises(ConfigError, match="batch_size"):
-        PointDataModule(spiral, num_points=10, batch_size=100)
-
-
-def test_mlp_maps_points_and_timesteps_to_points():
-    net = MLPDenoiser(dim=2, hidden=32, layers=2, time_embed_dim=16)
-    x, t = torch.randn(7, 2), torch.randint(0, 1000, (7,))
-    out = net(x, t)
-    assert out.shape == (7, 2) and torch.isfinite(out).all()
-    assert not torch.allclose(net(x, t), net(x, t + 100))  # depends on t
-    raw = MLPDenoiser(hidden=32, coord_embed_dim=0)  # raw coordinates in
-    assert raw(x, t).shape == (7, 2)
-
-
-def test_distances_are_zero_for_a_set_and_itself_and_grow_with_a_shift():
-    x = spiral(500, torch.Generator().manual_seed(0))
-    assert nn_distance(x, x) == 0 and mmd(x, x) == pytest.approx(0, abs=1e-6)
-    # The nearest neighbour of every shifted point is at most the shift away, and a shift of the
-    # whole set by far more than its size is seen in full.
-    assert 0 < nn_distance(x + 0.05, x) <= 0.05 * 2**0.5 + 1e-6
-    assert nn_distance(x + torch.tensor([10.0, 0.0]), x) > 8
-    assert mmd(x + 0.5, x) > mmd(x + 0.05, x) > 0
 
 
 # ---- a model trained by the real train.py ---------------------------------------------------------
