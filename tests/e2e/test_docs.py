@@ -286,7 +286,7 @@ KNOWN = {"train.py", "evaluate.py", "-m pytest", "bash", "pip", "-m venv", "expo
 def test_every_command_is_one_this_check_knows():
     unknown = [str(c) for c in COMMANDS
                if entry(c) not in KNOWN and not entry(c).startswith(("benchmarks/", "-m ddpm"))]
-    assert not unknown, "commands tests/test_docs.py does not check:\n" + "\n".join(unknown)
+    assert not unknown, "commands tests/e2e/test_docs.py does not check:\n" + "\n".join(unknown)
     assert len(by_program("train.py")) > 20 and len(by_program("evaluate.py")) > 10
 
 

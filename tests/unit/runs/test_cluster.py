@@ -1,4 +1,4 @@
-"""What makes a run survive a cluster, checked without one (tests/test_slurm.py submits to a real one):
+"""What makes a run survive a cluster, checked without one (tests/e2e/test_slurm.py submits to a real one):
 the newest complete checkpoint of a run directory, ``ckpt_path=auto`` and SLURM restarts,
 ``resume=RUN_DIR``, and the checks that stop a bad submission before anything reaches the queue."""
 

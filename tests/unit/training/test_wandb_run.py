@@ -145,7 +145,7 @@ def test_a_resumed_offline_run_appends_config_scalars_and_images_to_one_run_id(t
     from ddpm.runs.train import train
 
     monkeypatch.delenv("WANDB_MODE")  # offline by logger.offline's default, not by the environment
-    # the FD callback with a digits classifier of a fraction of a second (its numbers: tests/test_classifier_metrics.py)
+    # the FD callback with a digits classifier of a fraction of a second (its numbers: tests/unit/evaluation/test_classifier_metrics.py)
     monkeypatch.setitem(C.RECIPES, "digits", C.Recipe(width=4, feature_dim=8, epochs=1, holdout=0.2, shift=0))
     fd = ["callbacks=classifier_metrics", "callbacks.classifier_metrics.every_n_steps=2", "callbacks.classifier_metrics.num_samples=8",
           "callbacks.classifier_metrics.batch_size=8", "callbacks.classifier_metrics.sampler.steps=2",
