@@ -253,7 +253,7 @@ def test_a_crafted_inception_file_is_one_line_from_evaluate_py(tmp_path, monkeyp
 
 
 def test_the_real_inception_weights_give_the_same_network_as_torch_fidelity_loading_them():
-    from shared_data import INCEPTION_WEIGHTS, require
+    from support.shared_data import INCEPTION_WEIGHTS, require
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     path = require(INCEPTION_WEIGHTS) / INCEPTION_WEIGHTS

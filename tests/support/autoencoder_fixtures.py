@@ -1,6 +1,6 @@
 """A tiny autoencoder run for tests: what ``python train.py experiment=autoencoder_mnist`` leaves, on the 8x8
 digits, in a second and without training (``write_autoencoder_run``), or trained a few steps (``AE_TINY``
-with ``compose_train`` and ``ddpm.runs.train.train``)."""
+with ``compose_train`` and ``ddpm.runs.train.train``); a random autoencoder of any data (``save_autoencoder``)."""
 
 from pathlib import Path
 
@@ -35,3 +35,20 @@ def write_autoencoder_run(run_dir: Path, *overrides: str) -> Path:
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": module.state_dict(), "global_step": 0}, ckpt)
     return ckpt
+
+
+def save_autoencoder(run_dir, seed: int, *overrides: str) -> str:
+    """A randomly initialised autoencoder of ``experiment=autoencoder_mnist overrides...``, saved as an
+    autoencoder run leaves it (<run>/config.yaml, <run>/checkpoints/last.ckpt with the weights under
+    "autoencoder."); returns the checkpoint's path."""
+    from hydra.utils import instantiate
+
+    cfg = compose_train("experiment=autoencoder_mnist", *overrides, tmp_path=run_dir)
+    torch.manual_seed(seed)
+    ae = instantiate(cfg.model)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    cfg.callbacks = {}  # what load_autoencoder reads: the model and module nodes
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    torch.save({"state_dict": {f"autoencoder.{k}": v for k, v in ae.state_dict().items()}},
+               run_dir / "checkpoints" / "last.ckpt")
+    return str(run_dir / "checkpoints" / "last.ckpt")

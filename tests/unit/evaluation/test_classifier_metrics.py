@@ -158,6 +158,9 @@ class DigitsStandIn:
     num_classes, device, sample_shape = 10, torch.device("cpu"), (1, 8, 8)
 
     def __init__(self):
+        from ddpm.training.conditioning import ClassConditioning
+
+        self.conditioning = ClassConditioning(10)  # what the callback asks for its balanced labels
         images, self.labels = C.dataset_arrays(datamodule().build_dataset())
         self.images = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 1, 8, 8)
 

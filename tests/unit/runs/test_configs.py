@@ -141,7 +141,7 @@ def test_experiment_composes_and_builds_its_module(name, tmp_path):
 
     ae = []
     if name.startswith("ldm_"):  # step 2 of latent diffusion needs an autoencoder of its data (random weights here)
-        from test_latent import save_autoencoder
+        from support.autoencoder_fixtures import save_autoencoder
 
         ae = [f"codec.autoencoder_ckpt={save_autoencoder(tmp_path / 'ae', 0, 'data=' + name.removeprefix('ldm_'))}"]
     cfg = compose_train(f"experiment={name}", *ae, tmp_path=tmp_path)

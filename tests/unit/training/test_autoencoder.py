@@ -101,8 +101,8 @@ def test_a_tiny_run_trains_resumes_and_evaluates(tmp_path, capsys):
     from ddpm.runs.autoencoder_load import load_autoencoder
     from ddpm.runs.evaluate import evaluate
     from ddpm.runs.train import train
-    from standins import StandIn
-    from test_classifier_metrics import SMALL
+    from support.standins import StandIn
+    from support.classifier import SMALL
 
     run = tmp_path / "run"
     gan = ["module/discriminator=patchgan", "module.discriminator.channels=8", "module.discriminator.num_layers=1",

@@ -9,6 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from support.autoencoder_fixtures import save_autoencoder
 from support.runs import CONF, TINY, compose_train
 from ddpm.errors import ConfigError, root_config_error
 from ddpm.nets.autoencoder import KLAutoencoder, weights_digest
@@ -20,23 +21,6 @@ TINY_AE = ["data=digits", "model.base_channels=8", "model.channel_mult=[1]", "mo
 LATENT = ["experiment=ldm_mnist", *TINY, "data=digits", "model=unet_latent", "model.base_channels=32",
           "model.num_res_blocks=1", "trainer.max_steps=2", "sampler.steps=3", "callbacks.sample_grid.every_n_steps=2",
           "codec.scale_images=256", "codec.cache_latents=true"]
-
-
-def save_autoencoder(run_dir, seed: int, *overrides: str) -> str:
-    """A randomly initialised autoencoder of ``experiment=autoencoder_mnist overrides...``, saved as an
-    autoencoder run leaves it (<run>/config.yaml, <run>/checkpoints/last.ckpt with the weights under
-    "autoencoder."); returns the checkpoint's path."""
-    from hydra.utils import instantiate
-
-    cfg = compose_train("experiment=autoencoder_mnist", *overrides, tmp_path=run_dir)
-    torch.manual_seed(seed)
-    ae = instantiate(cfg.model)
-    (run_dir / "checkpoints").mkdir(parents=True)
-    cfg.callbacks = {}  # what load_autoencoder reads: the model and module nodes
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    torch.save({"state_dict": {f"autoencoder.{k}": v for k, v in ae.state_dict().items()}},
-               run_dir / "checkpoints" / "last.ckpt")
-    return str(run_dir / "checkpoints" / "last.ckpt")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread for the module
@@ -99,7 +83,7 @@ def test_a_latent_run_trains_samples_decodes_and_evaluates_to_images_and_refuses
     from hydra import compose, initialize_config_dir
 
     from ddpm.runs.evaluate import evaluate
-    from standins import StandIn
+    from support.standins import StandIn
 
     ckpt = torch.load(latent_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2
