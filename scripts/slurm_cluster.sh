@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A one-node SLURM cluster on this machine, for the cluster tests (tests/test_slurm.py) and for
+# A one-node SLURM cluster on this machine, for the cluster tests (tests/e2e/test_slurm.py) and for
 # trying `python train.py -m hydra/launcher=slurm ...` without a real cluster.
 #
 #   bash scripts/slurm_cluster.sh          # install slurm-wlm + munge when missing, start, wait for the node

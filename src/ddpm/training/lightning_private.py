@@ -3,7 +3,7 @@
 A Lightning upgrade may rename or move any of them. Each is reached through ``private``, which names
 the attribute and the Lightning version in a ``LightningMoved`` error instead of an AttributeError
 deep in a run (or, for an attribute that is set, instead of silently setting a new one that nothing
-reads); tests/test_lightning_private.py checks every one against the installed Lightning.
+reads); tests/unit/training/test_lightning_private.py checks every one against the installed Lightning.
 
 - ``_accelerator_connector.cluster_environment``: the cluster environment of a single-device run
   (a parallel strategy has the public ``trainer.strategy.cluster_environment``, used when there);

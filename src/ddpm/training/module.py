@@ -202,7 +202,7 @@ class DiffusionModule(L.LightningModule):
     def speed_up(self, channels_last: bool = False, compile_mode: str | None = None) -> None:
         """Channels-last weights and/or ``torch.compile`` for the network and its EMA copy.
 
-        The function computed stays the same (tests/test_speed.py compares against eager fp32);
+        The function computed stays the same (tests/unit/training/test_speed.py compares against eager fp32);
         parameters keep their names, so checkpoints load either way.
         """
         self._sped_up = True

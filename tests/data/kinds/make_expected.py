@@ -1,5 +1,5 @@
 """What a run of one kind draws, as arrays: writes tests/data/kinds/<kind>/expected.npz, and
-tests/test_kind_fixtures.py draws the same with today's code and compares.
+tests/e2e/test_kind_fixtures.py draws the same with today's code and compares.
 
     python tests/data/kinds/make_expected.py KIND RUN_DIR OUT.npz [--autoencoder CKPT]
 
