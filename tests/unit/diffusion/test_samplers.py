@@ -21,13 +21,7 @@ from support.runs import CONF
 MU, STD = 0.3, 0.5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Elementwise ops on a few thousand scalars: threading only adds overhead on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: a second thread only adds contention
 
 
 @pytest.fixture(scope="module")

@@ -127,17 +127,6 @@ def records(path: Path):
             chunk = b""
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread while the tiny run trains (on a busy 2-core machine two made it several times slower)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_a_resumed_offline_run_appends_config_scalars_and_images_to_one_run_id(tmp_path, one_thread, monkeypatch):
     import torch
 
