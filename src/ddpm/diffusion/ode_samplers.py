@@ -134,7 +134,6 @@ class ContinuousSampler:
     """
 
     name = "continuous"
-    heun = False
 
     def __init__(self, steps: int = 18, spacing: str = "karras", rho: float = 7.0, S_churn: float = 0.0,
                  S_tmin: float = 0.0, S_tmax: float = math.inf, S_noise: float = 1.0,
@@ -242,7 +241,6 @@ class HeunSampler(ContinuousSampler):
     """
 
     name = "heun"
-    heun = True
 
     def nfe(self, steps: int | None = None) -> int:
         return 2 * _check_steps(self.steps if steps is None else steps) - 1
