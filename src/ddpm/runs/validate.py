@@ -206,7 +206,7 @@ TRAIN: tuple[tuple[str, Check], ...] = (
     ("lr_schedule.warmup_steps", integer(0)),
     ("module.ema_decay", number(0, high=1, what="a number from 0 to 1 such as 0.999")),
     ("module.max_nonfinite_steps", integer(1)),
-    # module=autoencoder (issue 15)
+    # task=autoencoder (issue 15)
     ("module.reconstruction", one_of("l1", "l2")),
     ("module.kl_weight", number(0, what="a number >= 0 (LDM: 1e-6; 1e-6 to 1e-3 usual)")),
     ("module.perceptual_weight", number(0)),

@@ -320,7 +320,7 @@ class DiffusionModule(L.LightningModule):
 
 
 def renamed_state(module, state_dict, prefix, *args) -> None:
-    """Names in checkpoints from before the conditioning object and the codec (``ddpm.training.checkpoint_load``'s
+    """Names in checkpoints from before the conditioning object and the codec (``ddpm.training.checkpoints``'
     ``current_name``): the text encoder was ``text.``, a latent model's buffers were the module's own."""
     for key in [k for k in state_dict if k.startswith(prefix)]:
         new = prefix + current_name(key[len(prefix):])
