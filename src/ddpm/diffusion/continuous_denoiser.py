@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ddpm.diffusion.processes import EDMProcess, FlowProcess, GaussianProcess, VPProcess, _bcast, edm_preconditioning
+from ddpm.diffusion.processes import EDMProcess, FlowProcess, GaussianProcess, VPProcess, per_sample, edm_preconditioning
 from ddpm.errors import ConfigError
 
 # prediction -> the process types it applies to (None: every GaussianProcess)
@@ -130,7 +130,7 @@ class ContinuousDenoiser:
         """The network's raw output F (B, ...) in the math's dtype, from its preconditioned inputs."""
         dtype = self._dtype(x_t)
         scale, c_in, c_noise = self.preconditioning(x_t, t)
-        x_in = (_bcast(c_in / scale, x_t) * x_t.to(dtype)).to(x_t.dtype)
+        x_in = (per_sample(c_in / scale, x_t) * x_t.to(dtype)).to(x_t.dtype)
         out = self.net(x_in, c_noise) if cond is None else self.net(x_in, c_noise, cond)
         return out.to(dtype)
 
@@ -138,13 +138,13 @@ class ContinuousDenoiser:
         """(x0_hat, eps_hat) from a raw output ``out`` at (x_t, t); exact inverses of the targets (module doc)."""
         t, p = self._time(x_t, t), self.process
         x = x_t.to(out.dtype)
-        alpha, sigma = _bcast(p.alpha(t), x), _bcast(p.sigma(t), x)
+        alpha, sigma = per_sample(p.alpha(t), x), per_sample(p.sigma(t), x)
         if self.prediction == "edm":
             c_skip, c_out, _, _ = edm_preconditioning(p.noise_level(t), self.sigma_data)
-            x0 = _bcast(c_skip, x) * (x / alpha) + _bcast(c_out, x) * out
+            x0 = per_sample(c_skip, x) * (x / alpha) + per_sample(c_out, x) * out
             return x0, (x - alpha * x0) / sigma
         if self.prediction == "velocity":
-            d_alpha, d_sigma = _bcast(p.d_alpha(t), x), _bcast(p.d_sigma(t), x)
+            d_alpha, d_sigma = per_sample(p.d_alpha(t), x), per_sample(p.d_sigma(t), x)
             det = alpha * d_sigma - sigma * d_alpha
             return (d_sigma * x - sigma * out) / det, (alpha * out - d_alpha * x) / det
         if self.prediction == "eps":

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ddpm.diffusion.continuous_denoiser import ContinuousDenoiser
-from ddpm.diffusion.noise_levels import (_positive, edm_loss_weight, edm_training_sigma, logit_normal_t, shifted_time,
+from ddpm.diffusion.noise_levels import (positive_number, edm_loss_weight, edm_training_sigma, logit_normal_t, shifted_time,
                                          uniform_t)
 from ddpm.diffusion.processes import EDMProcess, FlowProcess
 from ddpm.errors import ConfigError, check_choice
@@ -57,7 +57,7 @@ class EDMLoss:
 
     def __init__(self, p_mean: float = -1.2, p_std: float = 1.2):
         self.p_mean = _number("loss.p_mean", p_mean)
-        self.p_std = _positive("loss.p_std", p_std)
+        self.p_std = positive_number("loss.p_std", p_std)
 
     def check(self, denoiser: ContinuousDenoiser) -> None:
         if not isinstance(denoiser.process, self.processes):
@@ -95,8 +95,8 @@ class FlowMatchingLoss:
     def __init__(self, time: str = "logit_normal", m: float = 0.0, s: float = 1.0, shift: float = 1.0):
         self.time = check_choice("loss.time", time, FLOW_TIMES)
         self.m = _number("loss.logit_mean", m)
-        self.s = _positive("loss.logit_std", s)
-        self.shift = _positive("loss.shift", shift)
+        self.s = positive_number("loss.logit_std", s)
+        self.shift = positive_number("loss.shift", shift)
 
     def check(self, denoiser: ContinuousDenoiser) -> None:
         if not isinstance(denoiser.process, FlowProcess):

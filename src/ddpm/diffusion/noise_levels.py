@@ -17,7 +17,7 @@ from torch import Tensor
 from ddpm.errors import ConfigError
 
 
-def _positive(name: str, value) -> float:
+def positive_number(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
         raise ConfigError(f"{name}={value!r} is not allowed: use a number > 0")
     return float(value)
@@ -33,14 +33,14 @@ def edm_training_sigma(n: int, generator: torch.Generator | None = None, p_mean:
     """(n,) noise levels with ln sigma ~ N(p_mean, p_std^2): EDM's training distribution (Table 1: -1.2, 1.2)."""
     if isinstance(p_mean, bool) or not isinstance(p_mean, (int, float)):
         raise ConfigError(f"loss.p_mean={p_mean!r} is not allowed: use a number (EDM: -1.2)")
-    p_std = _positive("loss.p_std", p_std)
+    p_std = positive_number("loss.p_std", p_std)
     return torch.exp(p_mean + p_std * _normal(n, generator, dtype))
 
 
 def edm_loss_weight(sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
     """lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2 = 1 / c_out^2: the weight that gives the preconditioned
     network F an effective loss of unit weight at every noise level (Karras et al. 2022, Eq. 8 and App. B.6)."""
-    sigma_data = _positive("process.sigma_data", sigma_data)
+    sigma_data = positive_number("process.sigma_data", sigma_data)
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
@@ -50,7 +50,7 @@ def logit_normal_t(n: int, generator: torch.Generator | None = None, m: float = 
     which trains the middle of the path, where the velocity is hardest to predict, more often."""
     if isinstance(m, bool) or not isinstance(m, (int, float)):
         raise ConfigError(f"loss.logit_mean={m!r} is not allowed: use a number (SD3: 0)")
-    s = _positive("loss.logit_std", s)
+    s = positive_number("loss.logit_std", s)
     return torch.sigmoid(m + s * _normal(n, generator, dtype))
 
 
@@ -67,5 +67,5 @@ def shifted_time(t: Tensor, shift: float = 1.0) -> Tensor:
     """SD3's time shift (Esser et al. 2024, Sec. 5.3.2): t' = shift t / (1 + (shift - 1) t), which keeps t = 0 and 1
     and moves the middle towards noise for shift > 1 (more pixels: more noise needed to destroy the same signal);
     the noise level scales by ``shift``: t' / (1 - t') = shift t / (1 - t)."""
-    shift = _positive("shift", shift)
+    shift = positive_number("shift", shift)
     return shift * t / (1 + (shift - 1) * t)

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from ddpm.diffusion.processes import EDMProcess, FlowProcess, GaussianProcess, VPProcess, karras_noise_levels
 from ddpm.errors import ConfigError
 
-ContinuousDenoiser = Callable[..., Tensor]  # (x_t (B, ...), t (B,), cond) -> x0_hat (B, ...)
+DenoiseFn = Callable[..., Tensor]  # (x_t (B, ...), t (B,), cond) -> x0_hat (B, ...)
 
 SPACINGS = ("karras", "uniform", "log_snr")
 
@@ -167,7 +167,7 @@ class ContinuousSampler:
         return 0.0
 
     @torch.no_grad()
-    def __call__(self, denoise: ContinuousDenoiser, process: GaussianProcess, x_T: Tensor, generator=None,
+    def __call__(self, denoise: DenoiseFn, process: GaussianProcess, x_T: Tensor, generator=None,
                  cond=None) -> Tensor:
         grid = self.grid(process)
         ts, nus = grid.t.tolist(), grid.nu.tolist()
@@ -196,7 +196,7 @@ class ContinuousSampler:
         raise NotImplementedError
 
     @staticmethod
-    def derivative(denoise: ContinuousDenoiser, process: GaussianProcess, x: Tensor, t: float, cond):
+    def derivative(denoise: DenoiseFn, process: GaussianProcess, x: Tensor, t: float, cond):
         """(dx/dt, x0_hat) at (x, t): alpha'(t) x0_hat + sigma'(t) eps_hat, eps_hat = (x - alpha x0_hat) / sigma."""
         t_b = torch.full((x.shape[0],), t, dtype=torch.float64, device=x.device)  # (B,)
         x0 = denoise(x, t_b.to(x.dtype), cond).to(x.dtype)
@@ -275,5 +275,5 @@ def _check_rho(rho) -> float:
     return rho
 
 
-__all__ = ["FLOW_NOISE_RANGE", "SPACINGS", "ContinuousDenoiser", "ContinuousSampler", "EulerSampler", "HeunSampler",
+__all__ = ["FLOW_NOISE_RANGE", "SPACINGS", "ContinuousSampler", "DenoiseFn", "EulerSampler", "HeunSampler",
            "TimeGrid", "clean_time", "noise_range", "time_grid"]

@@ -73,20 +73,20 @@ class GaussianProcess:
 
     def add_noise(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
         """x_t = alpha(t) x0 + sigma(t) eps; x0, eps (B, ...) and t (B,)."""
-        return _bcast(self.alpha(t), x0) * x0 + _bcast(self.sigma(t), x0) * eps
+        return per_sample(self.alpha(t), x0) * x0 + per_sample(self.sigma(t), x0) * eps
 
     def eps_of(self, x_t: Tensor, x0: Tensor, t: Tensor) -> Tensor:
         """eps = (x_t - alpha x0) / sigma."""
-        return (x_t - _bcast(self.alpha(t), x_t) * x0) / _bcast(self.sigma(t), x_t)
+        return (x_t - per_sample(self.alpha(t), x_t) * x0) / per_sample(self.sigma(t), x_t)
 
     def x0_of(self, x_t: Tensor, eps: Tensor, t: Tensor) -> Tensor:
         """x0 = (x_t - sigma eps) / alpha."""
-        return (x_t - _bcast(self.sigma(t), x_t) * eps) / _bcast(self.alpha(t), x_t)
+        return (x_t - per_sample(self.sigma(t), x_t) * eps) / per_sample(self.alpha(t), x_t)
 
     def velocity(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
         """u = d x_t / dt = alpha'(t) x0 + sigma'(t) eps along the path of (x0, eps); with the denoiser's
         (x0_hat, eps_hat) it is the probability-flow ODE's derivative at (x_t, t)."""
-        return _bcast(self.d_alpha(t), x0) * x0 + _bcast(self.d_sigma(t), x0) * eps
+        return per_sample(self.d_alpha(t), x0) * x0 + per_sample(self.d_sigma(t), x0) * eps
 
 
 class EDMProcess(GaussianProcess):
@@ -224,7 +224,7 @@ def karras_noise_levels(steps: int, nu_min: float, nu_max: float, rho: float = 7
     return torch.cat([(hi + ramp * (lo - hi)) ** rho, torch.zeros(1, dtype=torch.float64)])
 
 
-def _bcast(coefficient: Tensor, like: Tensor) -> Tensor:
+def per_sample(coefficient: Tensor, like: Tensor) -> Tensor:
     """A per-sample coefficient (B,) (or a scalar) shaped to broadcast against ``like`` (B, ...)."""
     if coefficient.ndim == 0:
         return coefficient.to(like.dtype)
