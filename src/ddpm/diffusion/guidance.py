@@ -74,6 +74,21 @@ def check_scale(scale) -> float:
     return float(scale)
 
 
+def guided_eps(eps_c: Tensor, eps_u: Tensor, scale: float | Tensor, rescale: float = 0.0) -> Tensor:
+    """The guided eps of a conditional and an unconditional one (B, ...), at scale s (a float, or per sample (B,)).
+
+    1. eps~ = eps_u + s (eps_c - eps_u), s = 1 + w  (Ho & Salimans 2022, Eq. 6)
+    2. rescale phi > 0: towards std(eps_c), per sample over all non-batch dims  (Lin et al. 2024, Eqs. 15-18)
+    """
+    s = scale if isinstance(scale, float) else scale.view(len(eps_c), *([1] * (eps_c.ndim - 1)))
+    eps = eps_u + s * (eps_c - eps_u)
+    if rescale > 0:
+        dims = list(range(1, eps_c.ndim))
+        ratio = eps_c.std(dim=dims, keepdim=True) / eps.std(dim=dims, keepdim=True)
+        eps = rescale * (eps * ratio) + (1 - rescale) * eps
+    return eps
+
+
 class ClassifierFreeGuidance:
     """``denoiser`` of a class-conditional network, guided at scale s = 1 + w (module docstring).
 
@@ -144,14 +159,8 @@ class ClassifierFreeGuidance:
         prediction, v = d.split_output(out, x2)  # (2B, C, ...), (2B, C, ...) or None
         _, eps2 = parameterization.to_x0_eps(schedule, prediction, x2, t2)
         eps_c, eps_u = eps2[:B], eps2[B:]
-        # 3. eps~ = eps_u + s (eps_c - eps_u), s = 1 + w  (Ho & Salimans 2022, Eq. 6)
-        s = scale if isinstance(scale, float) else scale.view(B, *([1] * (x_t.ndim - 1)))
-        eps = eps_u + s * (eps_c - eps_u)
-        # 4. rescale towards std(eps_c), per sample over all non-batch dims  (Lin et al. 2024, Eqs. 15-18)
-        if self.rescale > 0:
-            dims = list(range(1, x_t.ndim))
-            ratio = eps_c.std(dim=dims, keepdim=True) / eps.std(dim=dims, keepdim=True)
-            eps = self.rescale * (eps * ratio) + (1 - self.rescale) * eps
+        # 3.-4. eps~ = eps_u + s (eps_c - eps_u), rescaled towards std(eps_c)
+        eps = guided_eps(eps_c, eps_u, scale, self.rescale)
         # 5. x0 from the guided eps; clipped, and eps recomputed from it, when the denoiser clips
         x0 = schedule.x0_from_eps(x_t, t, eps)
         if d.clip_denoised:
