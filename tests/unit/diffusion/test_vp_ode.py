@@ -113,3 +113,15 @@ def test_an_unknown_solver_is_one_line():
     with pytest.raises(ConfigError, match="sampler.solver='rk4' is not allowed") as err:
         VPODESampler("rk4")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("overrides", [["sampler=heun", "sampler.steps=3"], ["experiment=digits_cfg", "sampler=euler", "sampler.steps=4"]])
+def test_a_module_samples_with_sampler_heun_or_euler_from_the_config(overrides, tmp_path):
+    from ddpm.runs.build import build_module
+    from support.runs import TINY, compose_train
+
+    module = build_module(compose_train(*TINY, *overrides, tmp_path=tmp_path))
+    cond = torch.tensor([3, 7]) if module.conditional else None
+    draw = lambda: module.sample(2, torch.Generator().manual_seed(0), cond=cond)  # noqa: E731
+    images = draw()
+    assert images.shape == (2, 1, 8, 8) and images.abs().max() <= 1 and torch.equal(images, draw())
