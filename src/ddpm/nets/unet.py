@@ -18,6 +18,8 @@ to the timestep embedding.
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Sequence
 
 import torch
@@ -43,12 +45,19 @@ def zero_init(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """Wide ResNet block conditioned on the timestep embedding (added after the first conv)."""
+    """Wide ResNet block conditioned on the timestep embedding (added after the first conv).
 
-    def __init__(self, in_ch: int, out_ch: int, emb_ch: int, dropout: float) -> None:
+    With ``scale_shift`` the embedding gives a per-channel (scale, shift) applied after the second GroupNorm,
+    h = norm(h) (1 + scale) + shift (improved-diffusion's ``use_scale_shift_norm``, Nichol & Dhariwal 2021):
+    added before that norm (DDPM's block), the embedding is a per-channel constant that GroupNorm removes
+    wherever a group holds one channel (32 channels, 32 groups), so such a block does not see t or the label.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, emb_ch: int, dropout: float, scale_shift: bool = False) -> None:
         super().__init__()
+        self.scale_shift = scale_shift
         self.in_layers = nn.Sequential(norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
-        self.emb_proj = nn.Sequential(nn.SiLU(), nn.Linear(emb_ch, out_ch))
+        self.emb_proj = nn.Sequential(nn.SiLU(), nn.Linear(emb_ch, out_ch * (2 if scale_shift else 1)))
         self.out_layers = nn.Sequential(
             norm(out_ch), nn.SiLU(), nn.Dropout(dropout), zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         )
@@ -56,8 +65,11 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.in_layers(x)  # (B, out_ch, H, W)
-        h = h + self.emb_proj(emb)[:, :, None, None]  # (B, out_ch, 1, 1) broadcast
-        return self.skip(x) + self.out_layers(h)  # (B, out_ch, H, W)
+        e = self.emb_proj(emb)[:, :, None, None]  # (B, out_ch or 2 out_ch, 1, 1) broadcast
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            return self.skip(x) + self.out_layers[1:](self.out_layers[0](h) * (1 + scale) + shift)
+        return self.skip(x) + self.out_layers(h + e)  # (B, out_ch, H, W)
 
 
 class CrossAttnBlock(nn.Module):
@@ -168,6 +180,8 @@ class UNet(nn.Module):
             back (``pixel_shuffle``), the patchify of ViT/DiT in front of a U-Net: every layer runs at 1/p of
             the resolution, p^2 fewer FLOPs for nearly the same parameters. ``attn_resolutions`` and the
             downsampling count from image_size / p. 1 (the default): the plain net, unchanged.
+        scale_shift_norm: the embedding scales and shifts each ResBlock's second GroupNorm (``ResBlock``);
+            False (the default): DDPM's block, in which 32-channel levels do not see the embedding.
     """
 
     def __init__(
@@ -183,8 +197,12 @@ class UNet(nn.Module):
         context_dim: int | None = None,
         learn_sigma: bool = False,
         patch_size: int = 1,
+        scale_shift_norm: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(scale_shift_norm, bool):
+            raise ConfigError(f"model.scale_shift_norm={scale_shift_norm!r} is not allowed: use true or false")
+        res_block = functools.partial(ResBlock, scale_shift=scale_shift_norm)
         channel_mult, attn_resolutions = tuple(channel_mult), tuple(attn_resolutions)
         if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1 or image_size % patch_size:
             raise ConfigError(f"model.patch_size={patch_size!r} is not allowed: use 1 (no patches) or a positive "
@@ -201,7 +219,7 @@ class UNet(nn.Module):
         skip_chs, res = [ch], image_size // p
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
-                layers = [ResBlock(ch, base_channels * mult, emb_ch, dropout)]
+                layers = [res_block(ch, base_channels * mult, emb_ch, dropout)]
                 ch = base_channels * mult
                 if res in attn_resolutions:
                     layers.append(AttnBlock(ch))
@@ -213,14 +231,14 @@ class UNet(nn.Module):
                 res //= 2
 
         self.middle = EmbedSequential(
-            ResBlock(ch, ch, emb_ch, dropout), AttnBlock(ch), ResBlock(ch, ch, emb_ch, dropout)
+            res_block(ch, ch, emb_ch, dropout), AttnBlock(ch), res_block(ch, ch, emb_ch, dropout)
         )
 
         # Decoder: num_res_blocks + 1 ResBlocks per level, each eating one skip.
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for block in range(num_res_blocks + 1):
-                layers = [ResBlock(ch + skip_chs.pop(), base_channels * mult, emb_ch, dropout)]
+                layers = [res_block(ch + skip_chs.pop(), base_channels * mult, emb_ch, dropout)]
                 ch = base_channels * mult
                 if res in attn_resolutions:
                     layers.append(AttnBlock(ch))

@@ -323,3 +323,30 @@ def test_bad_context_dim_is_one_line(overrides: dict, named: str) -> None:
     with pytest.raises(ConfigError, match=r"^[^\n]+$") as err:
         text_unet(**overrides) if "num_classes" in overrides else build("unet_tiny", **overrides)
     assert named in str(err.value)
+
+
+def test_a_32_channel_ddpm_block_does_not_see_the_embedding_and_a_scale_shift_block_does():
+    """DDPM's block adds the embedding per channel before GroupNorm(32): with one channel per group the norm
+    removes it; improved-diffusion's scale-shift norm applies it after the norm."""
+    from ddpm.nets.unet import ResBlock
+
+    torch.manual_seed(0)
+    x, e1, e2 = torch.randn(2, 32, 8, 8), torch.randn(2, 16), torch.randn(2, 16)
+    for scale_shift, sees in ((False, False), (True, True)):
+        block = ResBlock(32, 32, 16, 0.0, scale_shift=scale_shift).eval()
+        for p in block.parameters():
+            torch.nn.init.normal_(p, std=0.2)  # the zero-initialised output conv would hide everything
+        with torch.no_grad():
+            change = (block(x, e1) - block(x, e2)).abs().max().item()
+        assert (change > 1e-2) == sees, (scale_shift, change)
+
+
+def test_scale_shift_norm_adds_one_projection_width_per_block_and_leaves_the_default_net_unchanged():
+    plain, scaled = build("unet_tiny"), build("unet_tiny", scale_shift_norm=True)
+    blocks = [m for m in plain.modules() if type(m).__name__ == "ResBlock"]
+    extra = sum(b.emb_proj[1].in_features * b.emb_proj[1].out_features + b.emb_proj[1].out_features for b in blocks)
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(scaled) - n(plain) == extra  # emb_proj: out_ch -> 2 out_ch
+    assert set(plain.state_dict()) == set(scaled.state_dict())
+    with pytest.raises(ConfigError, match="model.scale_shift_norm='yes' is not allowed"):
+        build("unet_tiny", scale_shift_norm="yes")
