@@ -106,6 +106,7 @@ TRAIN_CASES = [
     ("trainer.max_steps=0", "trainer.max_steps=0 is not allowed: use an integer >= 1, or -1"),
     ("trainer.max_steps=-5", "trainer.max_steps=-5 is not allowed"),
     ("trainer.max_steps=abc", "trainer.max_steps='abc' is not allowed: use an integer >= 1, or -1"),
+    ("lr_schedule=cosine trainer.max_steps=-1", "lr_schedule.decay_steps=-1 is not allowed: use an integer >= 1 (or null"),
     # the trainer's own options, checked before Lightning sees them (which printed Hydra's five-line block)
     ("trainer.accelerator=auto trainer.devices=0", "trainer.devices=0 is not allowed: use an integer >= 1, -1 (every device), auto, or a list"),
     ("trainer.accelerator=gpu trainer.devices=-2", "trainer.devices=-2 is not allowed: use an integer >= 1, -1 (every device)"),

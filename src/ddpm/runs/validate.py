@@ -204,6 +204,8 @@ TRAIN: tuple[tuple[str, Check], ...] = (
     ("optimizer.lr", number(0, inclusive=False, what="a number > 0 such as 1e-3")),
     ("optimizer.weight_decay", number(0)),
     ("lr_schedule.warmup_steps", integer(0)),
+    ("lr_schedule.decay_steps", optional(integer(1), " (or null: no decay; lr_schedule=cosine takes trainer.max_steps, "
+                                                      "which must then be set)")),
     ("module.ema_decay", number(0, high=1, what="a number from 0 to 1 such as 0.999")),
     ("module.max_nonfinite_steps", integer(1)),
     # task=autoencoder (issue 15)

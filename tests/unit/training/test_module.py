@@ -2,6 +2,7 @@
 
 import functools
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from ddpm.diffusion import schedules
+from ddpm.errors import ConfigError
 from ddpm.training.ema import make_ema
 from ddpm.diffusion.denoiser import Denoiser
 from ddpm.diffusion.losses import SimpleLoss
@@ -148,3 +150,15 @@ def test_logged_loss_is_the_mean_over_each_logging_window(tmp_path):
         logged = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
     want = [torch.cat(recorded[0:2]).mean().item(), torch.cat(recorded[2:4]).mean().item()]
     assert logged == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"warmup_steps": -1}, "lr_schedule.warmup_steps=-1 is not allowed"),
+    ({"warmup_steps": 1.5}, "lr_schedule.warmup_steps=1.5 is not allowed"),
+    ({"decay_steps": -1}, "lr_schedule.decay_steps=-1 is not allowed: the cosine needs the run's length"),
+])
+def test_bad_lr_schedule_options_are_one_line(options, message):
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        warmup_cosine_lr(optimizer, **options)
+    assert "\n" not in str(err.value)
