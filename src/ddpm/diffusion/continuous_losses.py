@@ -22,7 +22,7 @@ from torch import Tensor
 from ddpm.diffusion.continuous_denoiser import ContinuousDenoiser
 from ddpm.diffusion.noise_levels import (positive_number, edm_loss_weight, edm_training_sigma, logit_normal_t, shifted_time,
                                          uniform_t)
-from ddpm.diffusion.processes import EDMProcess, FlowProcess
+from ddpm.diffusion.processes import EDMProcess, FlowProcess, VPProcess
 from ddpm.errors import ConfigError, check_choice
 
 FLOW_TIMES = ("logit_normal", "uniform")
@@ -30,6 +30,13 @@ FLOW_TIMES = ("logit_normal", "uniform")
 
 def _float_dtype(x0: Tensor) -> torch.dtype:
     return torch.promote_types(x0.dtype, torch.float32)
+
+
+def _name(denoiser) -> str:
+    """The ``process=`` choice of a denoiser's process: vp (the discrete Denoiser), edm, flow."""
+    process = getattr(denoiser, "process", None)
+    names = {EDMProcess: "edm", FlowProcess: "flow", VPProcess: "vp"}
+    return f"process={names.get(type(process), 'vp' if process is None else type(process).__name__)}"
 
 
 def _number(name: str, value) -> float:
@@ -60,9 +67,9 @@ class EDMLoss:
         self.p_std = positive_number("loss.p_std", p_std)
 
     def check(self, denoiser: ContinuousDenoiser) -> None:
-        if not isinstance(denoiser.process, self.processes):
-            raise ConfigError(f"loss=edm needs noise levels in (0, inf): use process EDMProcess or FlowProcess, "
-                              f"not {type(denoiser.process).__name__}")
+        if not isinstance(getattr(denoiser, "process", None), self.processes):
+            raise ConfigError(f"loss=edm needs noise levels in (0, inf): use it with process=edm or process=flow, not "
+                              f"{_name(denoiser)}")
 
     def __call__(self, denoiser: ContinuousDenoiser, x0: Tensor, generator: torch.Generator | None = None,
                  cond: Any = None) -> tuple[Tensor, Tensor]:
@@ -94,14 +101,14 @@ class FlowMatchingLoss:
 
     def __init__(self, time: str = "logit_normal", m: float = 0.0, s: float = 1.0, shift: float = 1.0):
         self.time = check_choice("loss.time", time, FLOW_TIMES)
-        self.m = _number("loss.logit_mean", m)
-        self.s = positive_number("loss.logit_std", s)
+        self.m = _number("loss.m", m)
+        self.s = positive_number("loss.s", s)
         self.shift = positive_number("loss.shift", shift)
 
     def check(self, denoiser: ContinuousDenoiser) -> None:
-        if not isinstance(denoiser.process, FlowProcess):
-            raise ConfigError(f"loss=flow_matching draws t in [0, 1], the flow path's time: use FlowProcess, "
-                              f"not {type(denoiser.process).__name__}")
+        if not isinstance(getattr(denoiser, "process", None), FlowProcess):
+            raise ConfigError(f"loss=flow_matching draws t in [0, 1], the flow path's time: use it with process=flow, "
+                              f"not {_name(denoiser)}")
 
     def draw_t(self, n: int, generator: torch.Generator | None) -> Tensor:
         """(n,) float32 times: logit-normal or uniform, then shifted."""

@@ -32,8 +32,13 @@ Text prompts: for a text-conditional network the condition is a ``TextCondition`
 ``ddpm.diffusion.conditions``) and the unconditional half gets ``null_condition``, the encoded empty
 prompt "" (1, L, D) (Stable Diffusion's convention), repeated over the batch.
 
-Shapes: x_t (B, ...) of the data's shape; t (B,) integer timesteps; labels (B,) int64 in [0, num_classes),
-or TextCondition (B, L, D) with mask (B, L).
+Continuous-time processes (EDM, flow): wrapping a ``continuous_denoiser.ContinuousDenoiser`` the wrapper is
+that denoiser's kind too, ``guided(x_t, t, cond) -> x0_hat`` (the ``ode_samplers`` interface): eps_c and eps_u
+from one call, the same ``guided_eps``, x0 = (x_t - sigma eps) / alpha, no clipping. The interval is then
+[nu_lo, nu_hi] in noise levels nu = sigma / alpha (EDM's sigma), as Kynkaanniemi et al. give it.
+
+Shapes: x_t (B, ...) of the data's shape; t (B,) integer timesteps (a continuous process's times); labels (B,)
+int64 in [0, num_classes), or TextCondition (B, L, D) with mask (B, L).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import torch
 from torch import Tensor
 
 from ddpm.diffusion.conditions import TextCondition, cat_conditions
+from ddpm.diffusion.continuous_denoiser import ContinuousDenoiser
 from ddpm.diffusion.denoiser import Denoiser, DenoiserOutput
 from ddpm.errors import ConfigError
 
@@ -93,31 +99,37 @@ class ClassifierFreeGuidance:
     """``denoiser`` of a class-conditional network, guided at scale s = 1 + w (module docstring).
 
     Args:
-        denoiser: the conditional model's ``Denoiser``; its net takes ``net(x_t, t, labels)`` and
-            labels == num_classes is the null class (the unconditional model).
+        denoiser: the conditional model's ``Denoiser`` (or ``ContinuousDenoiser``); its net takes
+            ``net(x_t, t, labels)`` and labels == num_classes is the null class (the unconditional model).
         num_classes: the number of classes; ``num_classes`` is the null label (None for a text model).
         scale: s >= 0; 1 gives the conditional denoiser exactly, 0 the unconditional one.
-        interval: None (guide at every t) or (t_lo, t_hi), integer timesteps: guide only there.
+        interval: None (guide at every t) or (t_lo, t_hi), integer timesteps: guide only there (a continuous
+            denoiser: (nu_lo, nu_hi), noise levels sigma / alpha).
         rescale: phi in [0, 1] of Lin et al. 2024 (0: plain guidance).
         null_condition: a text model's empty prompt, ``TextCondition`` (1, L, D); None for labels.
     """
 
-    def __init__(self, denoiser: Denoiser, num_classes: int, scale: float = DEFAULT_SCALE,
-                 interval: Sequence[int] | None = None, rescale: float = 0.0,
+    def __init__(self, denoiser: Denoiser | ContinuousDenoiser, num_classes: int, scale: float = DEFAULT_SCALE,
+                 interval: Sequence[int] | Sequence[float] | None = None, rescale: float = 0.0,
                  null_condition: TextCondition | None = None):
         self.denoiser, self.num_classes, self.scale = denoiser, num_classes, check_scale(scale)
         self.null_condition = null_condition
+        self.continuous = isinstance(denoiser, ContinuousDenoiser)
         if interval is not None:
             interval = tuple(interval)
-            if len(interval) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in interval) \
+            number = (int, float) if self.continuous else int
+            if len(interval) != 2 or not all(isinstance(v, number) and not isinstance(v, bool) for v in interval) \
                     or not 0 <= interval[0] <= interval[1]:
-                raise ConfigError(f"guidance.interval={list(interval)!r} is not allowed: use null or [t_lo, t_hi], "
-                                  "integer timesteps with 0 <= t_lo <= t_hi")
+                what = "noise levels sigma" if self.continuous else "integer timesteps"
+                raise ConfigError(f"guidance.interval={list(interval)!r} is not allowed: use null or [lo, hi], "
+                                  f"{what} with 0 <= lo <= hi")
         if isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or not 0.0 <= rescale <= 1.0:
             raise ConfigError(f"guidance.rescale={rescale!r} is not allowed: use phi in [0, 1] (0: no rescale)")
         self.interval, self.rescale = interval, float(rescale)
 
-    def __call__(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> DenoiserOutput:
+    def __call__(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> DenoiserOutput | Tensor:
+        if self.continuous:
+            return self.guided_x0(x_t, t, cond)
         if cond is None:  # no labels: the unconditional model (the null class, or the empty prompt)
             return self.denoiser(x_t, t, self.null_like(x_t.shape[0], x_t.device))
         cond = cond.to(x_t.device)
@@ -140,7 +152,8 @@ class ClassifierFreeGuidance:
         if self.interval is None or self.scale == 1.0:
             return self.scale
         lo, hi = self.interval
-        inside = (t >= lo) & (t <= hi)  # (B,)
+        where = self.denoiser.process.noise_level(t) if self.continuous else t  # (B,)
+        inside = (where >= lo) & (where <= hi)  # (B,)
         if bool(inside.all()):  # one host read per step; samplers give all samples one t
             return self.scale
         if not bool(inside.any()):
@@ -167,3 +180,20 @@ class ClassifierFreeGuidance:
             x0 = x0.clamp(-1.0, 1.0)
             eps = schedule.eps_from_x0(x_t, t, x0)
         return DenoiserOutput(x0, eps, d.log_variance(t, x_t, None if v is None else v[:B]))
+
+    def guided_x0(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
+        """x0_hat (B, ...) of a continuous denoiser under guidance (the ``ode_samplers`` interface; module doc)."""
+        d = self.denoiser
+        if cond is None:  # the unconditional model: the null class, the empty prompt
+            return d(x_t, t, self.null_like(x_t.shape[0], x_t.device))
+        cond = cond.to(x_t.device)
+        scale = self.scale_at(t)
+        if isinstance(scale, float) and scale in (0.0, 1.0):  # the unconditional or the conditional model, one call
+            return d(x_t, t, cond if scale == 1.0 else self.null_like(x_t.shape[0], x_t.device))
+        B, t = x_t.shape[0], d._time(x_t, t)  # t (B,)
+        # 1. both halves in one call: [x_t; x_t] with [cond; null]
+        x2, t2 = torch.cat([x_t, x_t]), torch.cat([t, t])
+        _, eps2 = d.predict(x2, t2, cat_conditions(cond, self.null_like(B, x_t.device)))  # (2B, ...)
+        # 2. eps~ = eps_u + s (eps_c - eps_u), rescaled; 3. x0 = (x_t - sigma eps~) / alpha
+        eps = guided_eps(eps2[:B], eps2[B:], scale, self.rescale)
+        return d.process.x0_of(x_t.to(eps.dtype), eps, t)

@@ -49,8 +49,8 @@ def logit_normal_t(n: int, generator: torch.Generator | None = None, m: float = 
     """(n,) times t = sigmoid(m + s z), z ~ N(0, 1): SD3's logit-normal sampling of the flow time (m = 0, s = 1),
     which trains the middle of the path, where the velocity is hardest to predict, more often."""
     if isinstance(m, bool) or not isinstance(m, (int, float)):
-        raise ConfigError(f"loss.logit_mean={m!r} is not allowed: use a number (SD3: 0)")
-    s = positive_number("loss.logit_std", s)
+        raise ConfigError(f"loss.m={m!r} is not allowed: use a number (SD3: 0)")
+    s = positive_number("loss.s", s)
     return torch.sigmoid(m + s * _normal(n, generator, dtype))
 
 

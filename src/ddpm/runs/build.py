@@ -5,10 +5,11 @@ from __future__ import annotations
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ddpm.diffusion.processes import VPProcess
 from ddpm.errors import ConfigError
 from ddpm.runs.autoencoder_load import load_autoencoder
 from ddpm.runs.build_autoencoder import build_autoencoder_module
-from ddpm.runs.run_config import module_kind
+from ddpm.runs.run_config import VP_TARGET, module_kind, process_choice
 from ddpm.training.conditioning import Conditioning, Unconditional
 from ddpm.training.module import DiffusionModule
 
@@ -33,6 +34,7 @@ def build_module(cfg: DictConfig, datamodule=None) -> DiffusionModule:
     codec = build_codec(cfg, shape, model_args) if kind == "latent" else None  # the frozen autoencoder; None: pixels
     if codec is not None:
         shape = codec.latent_shape  # the diffusion runs on (c, h, w) latents
+    schedule = instantiate(cfg.schedule) if cfg.get("schedule") is not None else None
     return instantiate(
         cfg.module,
         _convert_="all",  # plain lists in the hyperparameters, so checkpoints load with weights_only
@@ -40,7 +42,8 @@ def build_module(cfg: DictConfig, datamodule=None) -> DiffusionModule:
         net=instantiate(cfg.model, **model_args),
         conditioning=conditioning,
         codec=codec,
-        schedule=instantiate(cfg.schedule),
+        schedule=schedule,
+        process=build_process(cfg, schedule),
         denoiser=instantiate(cfg.denoiser),
         loss=instantiate(cfg.loss),
         sampler=instantiate(cfg.sampler),
@@ -48,6 +51,21 @@ def build_module(cfg: DictConfig, datamodule=None) -> DiffusionModule:
         lr_schedule=instantiate(cfg.lr_schedule) if cfg.get("lr_schedule") else None,
         guidance=instantiate(cfg.guidance) if cfg.get("guidance") else None,  # runs from before guidance: None
     )
+
+
+def build_process(cfg: DictConfig, schedule):
+    """The run's Gaussian path (``conf/process/``): ``VPProcess`` on the run's schedule (also for runs from before
+    the process group, which have no ``process`` node), ``EDMProcess`` or ``FlowProcess``."""
+    node = cfg.get("process")
+    if node is None or node.get("_target_") == VP_TARGET:
+        if schedule is None:
+            raise ConfigError("process=vp needs a noise schedule (schedule=linear|cosine|...), got schedule=null")
+        return VPProcess(schedule)
+    if schedule is not None:
+        raise ConfigError(f"schedule={cfg.schedule._target_.rpartition('.')[2]} is a VP option, but process="
+                          f"{process_choice(cfg)} has no beta schedule: drop the schedule override (its noise levels are "
+                          "the process's own options)")
+    return instantiate(node)
 
 
 def net_args(cfg: DictConfig, conditioning: Conditioning) -> dict:

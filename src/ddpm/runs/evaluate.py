@@ -28,7 +28,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchvision.utils import save_image
 
 from ddpm.data.pixels import from_uint8
+from ddpm.diffusion.continuous_denoiser import ContinuousDenoiser
 from ddpm.diffusion.guidance import check_labels, check_scale
+from ddpm.diffusion.process_sampler import check_sampler, process_name
 from ddpm.diffusion.likelihood import dataset_bpd
 from ddpm.errors import ConfigError, check_choice
 from ddpm.evaluation.distances import INCEPTION_METRICS, check_metrics, score_images
@@ -56,6 +58,14 @@ def denoiser_changes(cfg: DictConfig) -> dict:
     """The ``denoiser`` fields the evaluation config sets (its nulls: as trained)."""
     node = cfg.get("denoiser")
     return {} if node is None else {k: v for k, v in node.items() if v is not None}
+
+
+def denoiser_summary(denoiser) -> dict:
+    """What metrics.json records of the denoiser sampled: the VP ``Denoiser``'s prediction, clipping and variance,
+    or a continuous one's prediction and sigma_data."""
+    if isinstance(denoiser, ContinuousDenoiser):
+        return dict(prediction=denoiser.prediction, sigma_data=denoiser.sigma_data)
+    return dict(prediction_type=denoiser.prediction_type, clip_denoised=denoiser.clip_denoised, variance=denoiser.variance)
 
 
 def denoiser_tag(changes: dict) -> str:
@@ -176,7 +186,8 @@ def sample_run(cfg: DictConfig, module, run_dir: Path, device,
     """
     cond, labels, scale, label_tag = sample_labels(cfg, module, data_cfg)
     sampler = instantiate(cfg.sampler)
-    steps = len(sampler.timesteps(module.schedule))
+    check_sampler(sampler, module.process)  # DDPM on an EDM run: one line, before anything is sampled
+    steps = len(sampler.timesteps(module.sampling_space))
     tag = label_tag + denoiser_tag(denoiser_changes(cfg))
     out_dir = Path(cfg.out_dir or run_dir / "eval" / f"{sampler.name}_{steps}_{cfg.num_samples}{tag}")
     bf16 = check_choice("precision", cfg.precision, ("fp32", "bf16")) == "bf16"
@@ -250,6 +261,9 @@ def evaluate(cfg: DictConfig, feature_extractor: Extractor | None = None) -> dic
     if scores and extractor is None:  # fails early without weights (in every process: before the launch)
         extractor = InceptionFeatures(cfg.inception_weights)
     loaded = load_run(cfg.ckpt_path, denoiser_changes(cfg)) if cfg.ckpt_path else None  # before the launch too
+    if "nll" in metrics and loaded and not loaded[2].is_vp:
+        raise ConfigError(f"metrics=[nll] is the discrete chain's variational bound (process=vp); this run is process="
+                          f"{process_name(loaded[2].process)}, which has no such bound here: leave nll out (measure fd, fid)")
     if "nll" in metrics and loaded and module_kind(loaded[1]) == "latent":
         raise ConfigError("metrics=[nll] on a latent diffusion model would be bits/dim of its autoencoder's latents, "
                           "not of images: leave nll out (measure fd, fid) for a codec=autoencoder run")
@@ -267,8 +281,7 @@ def evaluate(cfg: DictConfig, feature_extractor: Extractor | None = None) -> dic
         test_set = instantiate(data_cfg).test_dataset() if "nll" in metrics else None  # fail before sampling
         check_classifier_request(cfg, metrics, labels_known(cfg, module))  # accuracy needs a conditional model
         denoiser = module.denoiser()
-        result.update(ckpt_path=str(cfg.ckpt_path), denoiser=dict(prediction_type=denoiser.prediction_type,
-                      clip_denoised=denoiser.clip_denoised, variance=denoiser.variance))
+        result.update(ckpt_path=str(cfg.ckpt_path), process=process_name(module.process), denoiser=denoiser_summary(denoiser))
         if scores or domain or not metrics:  # metrics=[]: the samples alone
             images, labels, out_dir, info = sample_run(cfg, module, run_dir, device, shard, data_cfg)
             result.update(info)

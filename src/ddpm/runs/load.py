@@ -36,6 +36,6 @@ def load_run(ckpt_path: str | os.PathLike, denoiser: Mapping | None = None) -> t
     checkpoint = read_checkpoint(ckpt)
     with unwrapped_config_errors():
         module = build_module(run_cfg)
-    check_fits(module, ckpt, checkpoint["state_dict"])  # a checkpoint of another model: one line naming a parameter, not torch's wall
+    check_fits(module, ckpt, checkpoint["state_dict"], process=checkpoint.get("process"))  # a checkpoint of another model: one line naming a parameter, not torch's wall
     module.load_state_dict(checkpoint["state_dict"])
     return run_dir, run_cfg, module.eval()  # no dropout in what is measured (module.sample sets it too)

@@ -3,7 +3,7 @@ module through ``ddpm.runs.train``; a run's saved ``config.yaml`` holds their re
 
 ``${ddpm.eq:A,B}``: whether two values are equal, so that a key that must agree with another is that
 key, interpolated, not a second one a check compares: every net's
-``learn_sigma: ${ddpm.eq:${denoiser.variance},learned_range}`` (2C output channels exactly when the
+``learn_sigma: ${ddpm.eq:${oc.select:denoiser.variance,null},learned_range}`` (2C output channels exactly when the
 denoiser learns the reverse variance).
 """
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ddpm.diffusion.processes import EDMProcess, FlowProcess, VPProcess
 from ddpm.errors import ConfigError
 from ddpm.nets.autoencoder import KLAutoencoder
 from ddpm.runs import resolvers  # noqa: F401  (registers ${ddpm.eq:A,B} for the configs read here)
@@ -30,6 +31,15 @@ def _target(cls) -> str:
 KINDS = {_target(DiffusionModule): "diffusion", _target(AutoencoderModule): "autoencoder",
          "ddpm.training.latent_module.LatentDiffusionModule": "latent"}  # a run saved before the codec (not upgraded)
 AUTOENCODER_NET = _target(KLAutoencoder)
+# process._target_ -> the process= choice (runs from before the group have none: vp)
+VP_TARGET = _target(VPProcess)
+PROCESSES = {VP_TARGET: "vp", _target(EDMProcess): "edm", _target(FlowProcess): "flow"}
+
+
+def process_choice(cfg: DictConfig) -> str:
+    """``vp``, ``edm`` or ``flow``: the ``process=`` a train or run config chose (vp for runs from before the group)."""
+    target = OmegaConf.select(cfg, "process._target_", default=VP_TARGET)
+    return PROCESSES.get(target, str(target))
 
 
 def module_kind(cfg: DictConfig) -> str:
@@ -61,8 +71,14 @@ def with_denoiser(run_cfg: DictConfig, denoiser: Mapping | None = None) -> DictC
     """A copy of a run config whose ``denoiser`` fields are replaced by the non-null values of
     ``denoiser``, e.g. ``{"variance": "fixed_large", "clip_denoised": None}`` (None: as trained)."""
     run_cfg = run_cfg.copy()
+    changes = {k: v for k, v in (denoiser or {}).items() if v is not None}
+    continuous = OmegaConf.select(run_cfg, "denoiser._target_", default="").endswith("ContinuousDenoiser")
+    if changes and continuous:
+        key, value = next(iter(changes.items()))
+        raise ConfigError(f"denoiser.{key}={value} is an option of the VP chain's denoiser (process=vp); this run is "
+                          f"process={process_choice(run_cfg)}, with a continuous-time denoiser: leave denoiser.{key} unset")
     with open_dict(run_cfg):
-        for key, value in (denoiser or {}).items():
+        for key, value in changes.items():
             if value is not None:
                 run_cfg.denoiser[key] = value
     return run_cfg

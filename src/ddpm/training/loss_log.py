@@ -47,3 +47,36 @@ class LossByTimestep(nn.Module):
             buffer.zero_()
         self.counts.zero_()
         return out
+
+
+class LossByNoiseLevel(LossByTimestep):
+    """``LossByTimestep`` for a continuous-time process (EDM, flow): ``buckets`` equal ranges of the flow time
+    tau = nu / (1 + nu) in [0, 1) of the noise level nu = sigma / alpha (flow: tau = t itself; EDM: tau = sigma /
+    (1 + sigma)), logged as ranges of nu: ``train/loss_sigma<lo>-<hi>`` (e.g. 10 buckets: 0-0.11, ..., 9-inf)."""
+
+    def __init__(self, buckets: int, noise_level):
+        super().__init__(buckets, buckets)
+        self.noise_level = noise_level  # t (B,) -> nu (B,)
+
+    def add(self, per_sample: Tensor, t: Tensor, terms: dict[str, Tensor] | None = None) -> None:
+        nu = self.noise_level(t.double())
+        bucket = (nu / (1 + nu) * self.buckets).long().clamp(0, self.buckets - 1)  # (B,)
+        super().add(per_sample, bucket, terms)
+
+    def means(self, reduce=lambda x: x) -> dict[str, Tensor]:
+        out = super().means(reduce)
+        names = {f"_t{i}-{i}": f"_sigma{_level(i / self.buckets)}-{_level((i + 1) / self.buckets)}"
+                 for i in range(self.buckets)}
+        return {_renamed(k, names): v for k, v in out.items()}
+
+
+def _level(tau: float) -> str:
+    """The noise level nu = tau / (1 - tau) of a bucket edge, short: 0, 0.11, 0.25, ..., 9, inf."""
+    return "inf" if tau >= 1 else f"{tau / (1 - tau):.3g}"
+
+
+def _renamed(key: str, names: dict[str, str]) -> str:
+    for old, new in names.items():
+        if key.endswith(old):
+            return key[: -len(old)] + new
+    return key

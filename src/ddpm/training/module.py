@@ -1,12 +1,13 @@
 """The LightningModule: wires network, schedule, denoiser, loss, sampler, optimizer and EMA together.
 
 Each concern lives in its own object; the module only calls them:
-    what the network outputs      ``Denoiser``        (ddpm.diffusion.denoiser)
+    the Gaussian path             ``process``         (ddpm.diffusion.processes: VP, EDM, flow)
+    what the network outputs      ``Denoiser``        (ddpm.diffusion.denoiser; continuous_denoiser for EDM, flow)
     the training objective        ``loss``            (ddpm.diffusion.losses)
     sampling                      ``sampler``         (ddpm.diffusion.samplers)
     weight averaging              ``EMA``             (ddpm.training.ema)
     speed switches                ``resolve_speed``   (ddpm.training.speed)
-    per-t loss logging            ``LossByTimestep``  (ddpm.training.loss_log)
+    per-t loss logging            ``LossByTimestep``  (ddpm.training.loss_log; by noise level off VP)
     skipping non-finite steps     ``NonFiniteGuard``  (ddpm.training.nonfinite)
     what the net is conditioned on ``Conditioning``   (ddpm.training.conditioning)
     pixels or latents             ``codec``           (ddpm.training.codec)
@@ -20,15 +21,19 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from ddpm.diffusion.continuous_denoiser import ContinuousDenoiser
+from ddpm.diffusion.continuous_losses import EDMLoss, FlowMatchingLoss
 from ddpm.diffusion.denoiser import Denoiser
 from ddpm.diffusion.guidance import ClassifierFreeGuidance, check_scale
+from ddpm.diffusion.process_sampler import check_sampler, process_name
+from ddpm.diffusion.processes import GaussianProcess, VPProcess
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import ConfigError
 from ddpm.training.checkpoints import check_steps_left, current_name
 from ddpm.training.codec import PixelCodec
 from ddpm.training.conditioning import Conditioning, conditioning_of
 from ddpm.training.ema import make_ema
-from ddpm.training.loss_log import LossByTimestep
+from ddpm.training.loss_log import LossByNoiseLevel, LossByTimestep
 from ddpm.training.lr_schedule import warmup_cosine_lr
 from ddpm.training.nonfinite import NonFiniteGuard
 from ddpm.training.optimizer_settings import configured_settings, reapply_settings
@@ -41,11 +46,16 @@ class DiffusionModule(L.LightningModule):
 
     Args:
         net: the denoising network, ``net(x_t, t) -> raw output`` of the input's shape.
-        schedule: the noise schedule; its tensors become buffers of this module.
+        schedule: the VP chain's noise schedule; its tensors become buffers of this module. None for a
+            process of another kind (EDM, flow), which has no beta schedule.
         denoiser: ``denoiser(net, schedule) -> Denoiser`` (a Hydra partial of ``Denoiser``): what
-            the network predicts, clipping, reverse variance. Used by the loss and every sampler.
+            the network predicts, clipping, reverse variance; on EDM or flow ``denoiser(net, process) ->
+            ContinuousDenoiser`` (prediction and preconditioning). Used by the loss and every sampler.
         loss: ``loss(denoiser, x0, generator) -> (per-sample loss (B,), t (B,))``.
-        sampler: the default sampler, ``sampler(denoiser, schedule, x_T, generator) -> x_0``.
+        sampler: the default sampler, ``sampler(denoiser, space, x_T, generator) -> x_0``, ``space`` the
+            schedule (VP) or the process (EDM, flow).
+        process: the Gaussian path x_t = alpha(t) x0 + sigma(t) eps (``conf/process/``): ``VPProcess`` (the
+            schedule's discrete chain; None means it), ``EDMProcess`` or ``FlowProcess``.
         optimizer: a partial optimizer (Hydra ``_partial_``), called with the net's parameters.
         sample_shape: shape of one sample, e.g. (C, H, W) of the training images.
         lr_schedule: ``lr_schedule(optimizer) -> LambdaLR`` (a Hydra partial, ``conf/lr_schedule/``): a linear
@@ -93,15 +103,17 @@ class DiffusionModule(L.LightningModule):
         guidance: Callable[..., ClassifierFreeGuidance] | None = None,
         conditioning: Conditioning | None = None,
         codec: PixelCodec | None = None,
+        process: GaussianProcess | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "schedule", "denoiser", "loss", "sampler", "optimizer", "guidance",
-                                          "conditioning", "codec", "lr_schedule"], logger=False)
+                                          "conditioning", "codec", "lr_schedule", "process"], logger=False)
         self.conditioning = conditioning if conditioning is not None else conditioning_of(net)
         self.conditioning.check_net(net)
         self.guidance = guidance or ClassifierFreeGuidance
         self.codec = codec if codec is not None else PixelCodec()
         self.net = net
+        self.process = check_process(process, schedule, net, loss)
         self.schedule = schedule
         self.make_denoiser = denoiser
         self.loss = loss
@@ -110,7 +122,8 @@ class DiffusionModule(L.LightningModule):
         self.sample_shape = tuple(sample_shape)
         self.lr_schedule = lr_schedule or warmup_cosine_lr
         self.ema = make_ema(net, ema_decay, ema_warmup)
-        self.loss_log = LossByTimestep(loss_buckets, schedule.num_timesteps)
+        self.loss_log = (LossByTimestep(loss_buckets, schedule.num_timesteps) if self.is_vp
+                         else LossByNoiseLevel(loss_buckets, self.process.noise_level))
         self.speed_options = check_speed_options(channels_last, compile)
         self.memory_format = torch.contiguous_format
         self._sped_up = False
@@ -121,9 +134,20 @@ class DiffusionModule(L.LightningModule):
         denoiser = self.denoiser()  # a bad denoiser option fails here, before any training
         self.codec.check_denoiser(denoiser)
         getattr(loss, "check", lambda _: None)(denoiser)  # and a loss that cannot train this network's output
+        check_sampler(sampler, self.process)  # and a sampler that does not apply to the process
         if self.conditional:
             self.guidance(denoiser=denoiser, num_classes=self.num_classes)  # and a bad guidance option
         self._register_load_state_dict_pre_hook(renamed_state, with_module=True)
+
+    @property
+    def is_vp(self) -> bool:
+        """Whether the model is trained on the discrete VP chain (``process=vp``) rather than EDM or flow."""
+        return isinstance(self.process, VPProcess)
+
+    @property
+    def sampling_space(self) -> NoiseSchedule | GaussianProcess:
+        """What the samplers are called with besides the denoiser: the schedule (VP), else the process."""
+        return self.schedule if self.is_vp else self.process
 
     @property
     def conditional(self) -> bool:
@@ -140,9 +164,13 @@ class DiffusionModule(L.LightningModule):
         return [*self.net.parameters(), *self.conditioning.trainable_parameters()]
 
     # ---- the model as a denoiser ------------------------------------------------------------
-    def denoiser(self, use_ema: bool = True) -> Denoiser:
-        """The EMA (default) or raw network as a ``Denoiser``: (x_t, t, cond) -> (x0_hat, eps_hat, log_variance)."""
-        return self.make_denoiser(net=self.ema.module if use_ema else self.net, schedule=self.schedule)
+    def denoiser(self, use_ema: bool = True) -> Denoiser | ContinuousDenoiser:
+        """The EMA (default) or raw network as a ``Denoiser``: (x_t, t, cond) -> (x0_hat, eps_hat, log_variance);
+        on EDM or flow a ``ContinuousDenoiser``: (x_t, t, cond) -> x0_hat."""
+        net = self.ema.module if use_ema else self.net
+        if self.is_vp:
+            return self.make_denoiser(net=net, schedule=self.schedule)
+        return self.make_denoiser(net=net, process=self.process)
 
     def guided(self, use_ema: bool = True, guidance_scale: float | None = None) -> ClassifierFreeGuidance:
         """The (EMA) denoiser of a conditional model under classifier-free guidance at ``guidance_scale``
@@ -186,11 +214,13 @@ class DiffusionModule(L.LightningModule):
             denoiser = self.guided(use_ema, guidance_scale)
         else:  # the unconditional model: the null class, the empty prompt
             denoiser = self.guided(use_ema, 0.0) if self.conditional else self.denoiser(use_ema)
+        sampler = sampler or self.sampler
+        check_sampler(sampler, self.process)
         was_training = self.training
         self.eval()
         x_T = torch.randn((num_samples, *self.sample_shape), generator=generator, device=self.device)
         x_T = x_T.contiguous(memory_format=self.memory_format) if x_T.ndim == 4 else x_T
-        images = self.codec.decode((sampler or self.sampler)(denoiser, self.schedule, x_T, generator, labels))
+        images = self.codec.decode(sampler(denoiser, self.sampling_space, x_T, generator, labels))
         self.train(was_training)
         return images.clamp(-1.0, 1.0)
 
@@ -275,6 +305,7 @@ class DiffusionModule(L.LightningModule):
             self.nonfinite.stop_if_too_many(self.global_step)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["process"] = process_name(self.process)  # a resume or evaluation as another process is one line
         checkpoint["nonfinite_steps"] = self.nonfinite.state_dict()
         self.conditioning.on_save_checkpoint(checkpoint)
         self.codec.on_save_checkpoint(checkpoint)
@@ -317,6 +348,27 @@ class DiffusionModule(L.LightningModule):
         self._configured_groups = configured_settings(optimizer)
         scheduler = self.lr_schedule(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def check_process(process: GaussianProcess | None, schedule: NoiseSchedule | None, net: nn.Module,
+                  loss: Callable) -> GaussianProcess:
+    """The module's process (None: the schedule's VP chain), or a ConfigError of one line for what only one kind
+    of process has: a beta schedule, a learned variance and the discrete losses are VP's; EDM and flow need none."""
+    if process is None or isinstance(process, VPProcess):
+        if schedule is None:
+            raise ConfigError("process=vp needs a noise schedule (schedule=linear|cosine|...), got schedule=null")
+        return process if process is not None else VPProcess(schedule)
+    name = process_name(process)
+    if schedule is not None:
+        raise ConfigError(f"a noise schedule (schedule=...) is a VP option, but process={name} has no beta schedule: "
+                          "drop the schedule override (its noise levels are the process's own options)")
+    if getattr(net, "learn_sigma", False):
+        raise ConfigError(f"model.learn_sigma=true (a learned reverse variance, Improved DDPM) applies to process=vp "
+                          f"only; process={name} has no discrete reverse steps: set model.learn_sigma=false")
+    if not isinstance(loss, (EDMLoss, FlowMatchingLoss)):
+        raise ConfigError(f"loss={type(loss).__name__} trains the discrete VP chain; process={name} trains with "
+                          f"loss={'edm' if name == 'edm' else 'flow_matching|edm'}")
+    return process
 
 
 def renamed_state(module, state_dict, prefix, *args) -> None:

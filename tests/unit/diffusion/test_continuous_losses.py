@@ -127,12 +127,12 @@ def test_drawn_times_follow_their_distributions():
     (lambda: EDMLoss(p_std=0), "loss.p_std=0 is not allowed"),
     (lambda: EDMLoss(p_mean="a"), "loss.p_mean='a' is not allowed"),
     (lambda: FlowMatchingLoss(time="beta"), "loss.time='beta' is not allowed"),
-    (lambda: FlowMatchingLoss(s=-1), "loss.logit_std=-1 is not allowed"),
+    (lambda: FlowMatchingLoss(s=-1), "loss.s=-1 is not allowed"),
     (lambda: FlowMatchingLoss(shift=0.0), "loss.shift=0.0 is not allowed"),
     (lambda: EDMLoss()(ContinuousDenoiser(conv_net(0), VPProcess(schedules.linear(num_timesteps=10)), "edm"), data()),
-     "loss=edm needs noise levels in \\(0, inf\\): use process EDMProcess or FlowProcess, not VPProcess"),
+     "loss=edm needs noise levels in \\(0, inf\\): use it with process=edm or process=flow, not process=vp"),
     (lambda: FlowMatchingLoss()(ContinuousDenoiser(conv_net(0), EDMProcess(), "velocity"), data()),
-     "loss=flow_matching draws t in \\[0, 1\\], the flow path's time: use FlowProcess, not EDMProcess"),
+     "loss=flow_matching draws t in \\[0, 1\\], the flow path's time: use it with process=flow, not process=edm"),
 ])
 def test_bad_options_are_one_line(make, match):
     with pytest.raises(ConfigError, match=match) as info:

@@ -62,7 +62,7 @@ def test_the_time_shift_scales_the_noise_level_and_matches_diffusers_grid():
 
 @pytest.mark.parametrize("call, message", [
     (lambda: edm_training_sigma(4, p_std=0), "loss.p_std=0 is not allowed"),
-    (lambda: logit_normal_t(4, s=-1.0), "loss.logit_std=-1.0 is not allowed"),
+    (lambda: logit_normal_t(4, s=-1.0), "loss.s=-1.0 is not allowed"),
     (lambda: uniform_t(4, t_min=0.5, t_max=0.5), "t_min=0.5, t_max=0.5 are not allowed"),
     (lambda: shifted_time(torch.zeros(2), 0), "shift=0 is not allowed"),
     (lambda: edm_loss_weight(torch.ones(2), sigma_data=-0.5), "process.sigma_data=-0.5 is not allowed"),

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ddpm.diffusion.process_sampler import process_name
 from ddpm.errors import ConfigError
 
 
@@ -101,11 +102,14 @@ def _name(key: str) -> str:
 
 
 def check_fits(module: torch.nn.Module, path: str | os.PathLike, state_dict: dict | None = None,
-               same_schedule: bool = False) -> None:
+               same_schedule: bool = False, process: str | None = None) -> None:
     """A ConfigError of one line when the checkpoint at ``path`` (its ``state_dict``, when already read)
     does not hold ``module``'s parameters and buffers with its shapes (a checkpoint of another model);
     names the first that differs. ``same_schedule`` (a resume): the schedule's buffers must also hold
     the same values, since the checkpoint's would silently replace the ones the options give.
+
+    A diffusion module's process (``module.process``: vp, edm, flow) must be the one the checkpoint was trained on
+    (its ``process`` entry, given as ``process`` with ``state_dict``; checkpoints from before the entry are vp).
 
     The file is memory-mapped, so only its index is read here, not its tensors' data.
     """
@@ -116,7 +120,13 @@ def check_fits(module: torch.nn.Module, path: str | os.PathLike, state_dict: dic
             checkpoint = read_checkpoint(path)
         if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
             raise ConfigError(f"ckpt_path='{path}' cannot be read as a checkpoint: it holds no state_dict")
-        state_dict = checkpoint["state_dict"]
+        state_dict, process = checkpoint["state_dict"], checkpoint.get("process")
+    if getattr(module, "process", None) is not None:
+        saved, wanted_process = process or "vp", process_name(module.process)
+        if saved != wanted_process:
+            raise ConfigError(f"ckpt_path='{path}' was trained with process={saved}, but this run is process="
+                              f"{wanted_process}: a model cannot change its process; use process={saved} (its own run "
+                              "config), or train a new run")
     state_dict = {_name(k): v for k, v in state_dict.items()}
     saved = {k: tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
     wanted = {_name(k): tuple(v.shape) for k, v in module.state_dict().items()}

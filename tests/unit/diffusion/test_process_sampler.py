@@ -1,4 +1,4 @@
-"""EDM's Euler and Heun on models of the discrete VP chain (ddpm.diffusion.vp_ode, sampler=heun|euler): with the
+"""EDM's Euler and Heun on models of the discrete VP chain (ddpm.diffusion.process_sampler, sampler=heun|euler): with the
 exact denoiser of a Gaussian mixture they reproduce the mixture, they equal the continuous samplers run on that
 denoiser directly, guidance is the eps formula on two separate calls, and the NFE is what they report."""
 
@@ -13,7 +13,7 @@ from ddpm.diffusion.denoiser import Denoiser
 from ddpm.diffusion.guidance import ClassifierFreeGuidance
 from ddpm.diffusion.ode_samplers import HeunSampler
 from ddpm.diffusion.processes import VPProcess
-from ddpm.diffusion.vp_ode import VPODESampler, vp_denoise_fn
+from ddpm.diffusion.process_sampler import ODESampler, vp_denoise_fn
 from ddpm.errors import ConfigError
 from support.oracles import GaussianMixturePosteriorMean
 
@@ -57,7 +57,7 @@ def denoiser_schedule(denoiser):
 def test_the_vp_ode_samplers_reproduce_a_gaussian_mixture_with_its_exact_denoiser(solver, steps, prediction):
     sched = schedule()
     denoiser = Denoiser(ExactNet(VPProcess(sched), prediction), sched, prediction, clip_denoised=False)
-    x = draw(VPODESampler(solver, steps), denoiser)
+    x = draw(ODESampler(solver, steps), denoiser)
     mode = (x[:, 0] > 0.25).long()  # the modes lie at x = -1 and 1.5
     n = len(x)
     for k, (w, m, s) in enumerate(zip(WEIGHTS, MEANS, STDS)):
@@ -72,7 +72,7 @@ def test_the_bridge_equals_the_continuous_sampler_on_the_exact_denoiser():
     sched = schedule()
     process = VPProcess(sched)
     denoiser = Denoiser(ExactNet(process), sched, "epsilon", clip_denoised=False)
-    ours = draw(VPODESampler("heun", 10), denoiser, n=64)
+    ours = draw(ODESampler("heun", 10), denoiser, n=64)
     x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     direct = HeunSampler(steps=10)(GaussianMixturePosteriorMean(process, WEIGHTS, MEANS, STDS), process, x_T)
     # eps -> x0 through the path is exact; the Denoiser hands the net's output on in float32, as in training
@@ -107,7 +107,7 @@ def test_the_reported_steps_are_the_network_evaluations(solver, steps, nfe):
     net = ExactNet(VPProcess(sched))
     denoiser = Denoiser(lambda x, t, cond=None: calls.append(t[0].item()) or net(x, t, cond), sched, "epsilon",
                         clip_denoised=False)
-    sampler = VPODESampler(solver, steps)
+    sampler = ODESampler(solver, steps)
     draw(sampler, denoiser, n=4)
     assert len(calls) == sampler.nfe() == nfe and calls == pytest.approx(sampler.timesteps(sched))
     assert calls[0] == pytest.approx(999.0)  # it starts at the last timestep
@@ -115,7 +115,7 @@ def test_the_reported_steps_are_the_network_evaluations(solver, steps, nfe):
 
 def test_an_unknown_solver_is_one_line():
     with pytest.raises(ConfigError, match="sampler.solver='rk4' is not allowed") as err:
-        VPODESampler("rk4")
+        ODESampler("rk4")
     assert "\n" not in str(err.value)
 
 

@@ -1,13 +1,14 @@
-"""EDM's Euler and Heun samplers for the models trained on the discrete VP chain: ``sampler=heun|euler``.
+"""The module's sampler on continuous time, for every process: ``sampler=heun|euler`` (and the other ODE/SDE solvers).
 
-A net trained on today's DDPM chain is a denoiser of the VP path at its integer timesteps; the continuous
-path (``processes.VPProcess``: log-SNR linear in t between integers) and a float timestep to the net
-extend it to any t, so the probability-flow ODE can be solved by EDM's samplers (Karras et al. 2022,
-Algorithms 1 and 2, ``ode_samplers``) on a Karras rho-spaced grid of noise levels. This module is the
-bridge: it takes the discrete samplers' call, ``sampler(denoiser, schedule, x_T, generator, cond)``, with
-the module's ``Denoiser`` (or its ``ClassifierFreeGuidance``), and runs the continuous sampler on
+The module calls every sampler as ``sampler(denoiser, space, x_T, generator, cond)``; ``space`` is the VP model's
+``NoiseSchedule`` or the ``GaussianProcess`` of an EDM or flow model. ``ODESampler`` takes that call and runs one
+of the solvers of ``ode_samplers`` (Karras et al. 2022, Algorithms 1 and 2) on the process's probability-flow ODE:
 
-    denoise(x_t, t, cond) -> x0_hat:
+    EDM / flow (a ``ContinuousDenoiser``, or ``ClassifierFreeGuidance`` around one): the denoiser itself is the
+        ``denoise(x_t, t, cond) -> x0_hat`` of the solvers, on its own process.
+    VP (the module's ``Denoiser``, or its guidance): a net trained on today's DDPM chain is a denoiser of the VP path
+        at its integer timesteps; the continuous path (``processes.VPProcess``: log-SNR linear in t between integers)
+        and a float timestep to the net extend it to any t, and ``vp_denoise_fn`` bridges:
         1. raw = net(x_t, t, cond) at the float timestep t; a learned-variance net's variance half is dropped
         2. (x0_hat, eps_hat) from raw by the Denoiser's prediction type on the continuous path
            (``continuous_denoiser.ContinuousDenoiser``, eps / x0 / v)
@@ -18,6 +19,9 @@ the module's ``Denoiser`` (or its ``ClassifierFreeGuidance``), and runs the cont
 
 ``steps`` counts solver steps: Heun makes 2 steps - 1 network evaluations (EDM's 18 steps: 35), Euler
 ``steps``; ``timesteps`` lists the time of every evaluation, so ``evaluate.py`` reports NFE.
+
+The discrete samplers (``samplers``: DDPM, DDIM, DPM-Solver++ on the chain's timesteps) apply to VP only:
+``check_sampler`` says so in one line before a process of another kind is sampled with them.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from ddpm.diffusion.continuous_denoiser import ContinuousDenoiser
 from ddpm.diffusion.denoiser import Denoiser
 from ddpm.diffusion.guidance import ClassifierFreeGuidance, guided_eps
 from ddpm.diffusion.ode_samplers import DenoiseFn, EulerSampler, HeunSampler
-from ddpm.diffusion.processes import VPProcess
+from ddpm.diffusion.processes import EDMProcess, FlowProcess, GaussianProcess, VPProcess
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import ConfigError
 
@@ -41,8 +45,32 @@ PREDICTIONS = {"epsilon": "eps", "x0": "x0", "v": "v"}  # the Denoiser's predict
 SOLVERS = {"heun": HeunSampler, "euler": EulerSampler}
 
 
-class VPODESampler:
-    """Euler or Heun on the VP model's probability-flow ODE (module docstring).
+def process_name(process: GaussianProcess | None) -> str:
+    """``vp``, ``edm`` or ``flow``: the ``process=`` choice a process object comes from (None: vp)."""
+    if process is None or isinstance(process, VPProcess):
+        return "vp"
+    if isinstance(process, EDMProcess):
+        return "edm"
+    if isinstance(process, FlowProcess):
+        return "flow"
+    return type(process).__name__
+
+
+def sampler_name(sampler) -> str:
+    return getattr(sampler, "name", type(sampler).__name__)
+
+
+def check_sampler(sampler, process: GaussianProcess | None) -> None:
+    """A ConfigError of one line when ``sampler`` cannot sample ``process``: the discrete samplers walk the VP
+    chain's timesteps and apply to ``process=vp`` only."""
+    if process_name(process) != "vp" and not isinstance(sampler, ODESampler):
+        raise ConfigError(f"sampler={sampler_name(sampler)} applies to process=vp only (it walks the DDPM chain's "
+                          f"timesteps); a process={process_name(process)} model samples with sampler="
+                          f"{'|'.join(SOLVERS)}")
+
+
+class ODESampler:
+    """Euler or Heun on the probability-flow ODE of any process (module docstring).
 
     Args:
         solver: ``heun`` (EDM's Algorithm 1/2, 2nd order) or ``euler``.
@@ -66,18 +94,29 @@ class VPODESampler:
     def nfe(self) -> int:
         return self.ode.nfe()
 
-    def timesteps(self, schedule: NoiseSchedule) -> list[float]:
-        """The time of every network evaluation, in the schedule's timesteps (NFE entries)."""
-        t = self.ode.grid(VPProcess(schedule)).t.tolist()[:-1]  # the last time is the clean end
+    def timesteps(self, space: NoiseSchedule | GaussianProcess) -> list[float]:
+        """The time of every network evaluation (NFE entries): the schedule's (fractional) timesteps for VP, the
+        process's own times otherwise."""
+        t = self.ode.grid(as_process(space)).t.tolist()[:-1]  # the last time is the clean end
         if self.name == "euler":
             return t
         return [t[0], *(u for u in t[1:] for _ in range(2))]  # Heun: the corrector at t_i+1, then the next step there
 
-    def __call__(self, denoiser: Denoiser | ClassifierFreeGuidance, schedule: NoiseSchedule, x_T: Tensor,
-                 generator: torch.Generator | None = None, cond: Any = None) -> Tensor:
-        process = VPProcess(schedule)
+    def __call__(self, denoiser: Denoiser | ContinuousDenoiser | ClassifierFreeGuidance,
+                 space: NoiseSchedule | GaussianProcess, x_T: Tensor, generator: torch.Generator | None = None,
+                 cond: Any = None) -> Tensor:
         self.ode.progress = self.progress
+        base = denoiser.denoiser if isinstance(denoiser, ClassifierFreeGuidance) else denoiser
+        if isinstance(base, ContinuousDenoiser):  # EDM, flow: the (guided) denoiser is the solver's denoise
+            return self.ode(denoiser, base.process, x_T, generator, cond)
+        process = as_process(space)
         return self.ode(vp_denoise_fn(denoiser, process), process, x_T, generator, cond)
+
+
+
+def as_process(space: NoiseSchedule | GaussianProcess) -> GaussianProcess:
+    """The process of a sampler's ``space``: a VP model's schedule becomes its ``VPProcess``."""
+    return space if isinstance(space, GaussianProcess) else VPProcess(space)
 
 
 def vp_denoise_fn(denoiser: Denoiser | ClassifierFreeGuidance, process: VPProcess) -> DenoiseFn:
