@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from support.oracles import GaussianMixturePosteriorMean
+from support.recorder import Recorder
 from torch import nn
 
 from ddpm.diffusion import schedules
@@ -27,17 +28,6 @@ def mlp(dim: int, dtype, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(dim + 1, 32), nn.SiLU(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, dim)).to(dtype)
     return lambda x, t: net(torch.cat([x, t.to(x.dtype).view(-1, 1)], dim=1))
-
-
-class Recorder:
-    """Wraps a denoiser ``(x, t) -> x0_hat`` and keeps every call's (x, t) in order."""
-
-    def __init__(self, fn):
-        self.fn, self.calls = fn, []
-
-    def __call__(self, x, t, *cond):
-        self.calls.append((x.clone(), t.clone()))
-        return self.fn(x, t)
 
 
 def edm_denoiser(net):
