@@ -10,12 +10,17 @@ import pytest
 import torch
 from support.oracles import GaussianMixturePosteriorMean
 from support.recorder import Recorder
+from support.sampler_checks import k_diffusion_sigmas, mixture_z
+from torch import nn
 
 from ddpm.diffusion import schedules
+from ddpm.diffusion.denoiser import Denoiser
 from ddpm.diffusion.multistep_samplers import (DPMSolver2MSampler, DPMSolver3MSampler, DPMSolverPPSampler,
                                                EulerMaruyamaSampler)
 from ddpm.diffusion.ode_samplers import EulerSampler, HeunSampler, time_grid
 from ddpm.diffusion.processes import EDMProcess, FlowProcess, VPProcess
+from ddpm.diffusion.samplers import DPMSolverSampler
+from ddpm.diffusion.timesteps import timestep_sequence
 from ddpm.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,13 +47,7 @@ def test_edm_dpm_solver_pp_is_k_diffusions_call_by_call(name, spacing):
     from k_diffusion import sampling
 
     process, steps = EDMProcess(), 12
-    build = sampling.get_sigmas_karras if spacing == "karras" else sampling.get_sigmas_exponential
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)  # k-diffusion's linspace follows the default dtype
-    try:
-        sigmas = build(steps, process.sigma_min, process.sigma_max)
-    finally:
-        torch.set_default_dtype(default)
+    sigmas = k_diffusion_sigmas(spacing, steps, process.sigma_min, process.sigma_max)
     sampler = SAMPLERS[name](steps, spacing)
     torch.testing.assert_close(sampler.grid(process).t, sigmas, rtol=1e-12, atol=0)
     x_T = seeded_noise(64)
@@ -63,9 +62,9 @@ def test_edm_dpm_solver_pp_is_k_diffusions_call_by_call(name, spacing):
                                             noise_sampler=lambda sigma, sigma_next: torch.zeros_like(x_T))
     assert len(ours.calls) == len(theirs.calls) == steps
     for (x, t), (x_ref, sigma_ref) in zip(ours.calls, theirs.calls):
-        torch.testing.assert_close(x, x_ref, rtol=0, atol=1e-5)
+        torch.testing.assert_close(x, x_ref, rtol=0, atol=1e-10)  # float64: they agree to ~1e-14
         torch.testing.assert_close(t, sigma_ref, rtol=1e-12, atol=0)
-    torch.testing.assert_close(out, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", ["dpmpp_2m", "dpmpp_3m"])
@@ -83,6 +82,27 @@ def test_dpm_solver_pp_on_vp_and_flow_is_the_edm_run_scaled_by_alpha(process_nam
         torch.testing.assert_close(nu, nu_edm, rtol=1e-9, atol=0)
         torch.testing.assert_close(x, x_edm, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-9)
+
+
+def test_vp_dpm_solver_2m_on_uniform_times_is_the_discrete_dpm_solver_on_trailing_timesteps():
+    """VP's ``uniform`` grid at T = 1000, N = 10 is 999, 899, ..., 99, then the clean end, the discrete sampler's
+    ``trailing`` timesteps: the same Algorithm 2 on the same times gives samplers.DPMSolverSampler's result (a
+    Denoiser of x0-prediction around the exact mixture denoiser, unclipped; it runs in float32, from the x it is
+    given, here ours: sigma(999) x_T)."""
+    schedule = schedules.linear(num_timesteps=1000)
+    process, x_T = VPProcess(schedule), seeded_noise(200)
+    exact = mixture(process)
+
+    class MixtureNet(nn.Module):
+        def forward(self, x, t, *cond):
+            return exact(x.double(), t.double()).to(x.dtype)
+
+    assert time_grid(process, 10, "uniform").t[:-1].tolist() == timestep_sequence(schedule, 10, "trailing")
+    ours = DPMSolver2MSampler(10, "uniform")(exact, process, x_T)
+    denoiser = Denoiser(MixtureNet(), schedule, prediction_type="x0", clip_denoised=False)
+    start = process.sigma(torch.tensor(999.0, dtype=torch.float64)) * x_T  # the discrete sampler starts at x_T itself
+    theirs = DPMSolverSampler(10, spacing="trailing")(denoiser, schedule, start)
+    torch.testing.assert_close(ours, theirs.double(), rtol=0, atol=1e-4)
 
 
 # ---- 2. Euler-Maruyama: one step of Song et al.'s Eq. 6 ----------------------------------------------------------
@@ -139,25 +159,6 @@ def test_from_flows_t_1_the_first_step_is_alpha_1_mean_plus_sigma_1_x_T(name):
 
 
 # ---- 3. exactness: the exact denoiser of a Gaussian mixture reproduces the mixture ------------------------------
-def mixture_z(x: torch.Tensor) -> torch.Tensor:
-    """Each sample on its nearest mode: per mode the weight, and per coordinate the mean and std of the samples
-    within 5 stds of it, in standard errors of the mixture's (w(1-w)/n, s^2/n_k, s^2/(2 n_k)); asserts that the
-    samples off every mode are under 0.5%."""
-    n, means, stds = len(x), torch.tensor(MEANS, dtype=torch.float64), torch.tensor(STDS, dtype=torch.float64)
-    distance = torch.cdist(x, means)
-    mode = distance.argmin(1)
-    on_mode = distance.min(1).values < 5 * stds[mode]
-    assert (~on_mode).double().mean() < 0.005
-    z = []
-    for k, (w, s) in enumerate(zip(WEIGHTS, STDS)):
-        points = x[(mode == k) & on_mode]
-        n_k = len(points)
-        z.append(torch.tensor([(n_k / n - w) / math.sqrt(w * (1 - w) / n)], dtype=torch.float64))
-        z.append((points.mean(0) - means[k]) / (s / math.sqrt(n_k)))
-        z.append((points.std(0) - s) / (s / math.sqrt(2 * n_k)))
-    return torch.cat(z)
-
-
 MIXTURE_CASES = {  # worst |z| over seeds 0, 3, 7 on the three processes in brackets
     "dpmpp_2m-25-log_snr": lambda: DPMSolver2MSampler(25),  # [3.0] (18 steps: 4.2; karras 18: 9.0)
     "dpmpp_2m-25-karras": lambda: DPMSolver2MSampler(25, "karras"),  # [3.7]
@@ -173,7 +174,7 @@ def test_the_exact_mixture_denoiser_samples_the_mixture(process_name, case):
     """4000 samples: the weights and moments of every mode within 4.5 standard errors of the mixture's."""
     process = PROCESSES[process_name]()
     x = MIXTURE_CASES[case]()(mixture(process), process, seeded_noise(4000), torch.Generator().manual_seed(1))
-    z = mixture_z(x)
+    z = mixture_z(x, WEIGHTS, MEANS, STDS)
     assert z.abs().max() < 4.5, z
 
 
@@ -182,7 +183,7 @@ def test_from_flows_t_1_the_samplers_sample_the_mixture(name, steps):
     """Flow on ``uniform`` spacing, from the singular start t = 1 (worst |z| 2.7 for DPM, 1.9 for EM over 3 seeds)."""
     process = FlowProcess()
     x = SAMPLERS[name](steps, "uniform")(mixture(process), process, seeded_noise(4000), torch.Generator().manual_seed(1))
-    z = mixture_z(x)
+    z = mixture_z(x, WEIGHTS, MEANS, STDS)
     assert z.abs().max() < 4.5, z
 
 
