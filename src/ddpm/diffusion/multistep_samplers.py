@@ -61,6 +61,7 @@ class _NoChurn(ContinuousSampler):
                 x = x0  # the last step, into nu = 0 (lambda = inf): e^{-h} = 0, sigma_N = 0, alpha_N = 1: x0_hat
             else:
                 x = self.update(process, x, x0, i, ts, nus, generator)
+        self.reset()  # keep no tensors between runs
         return x
 
     def reset(self) -> None:
@@ -123,7 +124,8 @@ class DPMSolverPPSampler(_NoChurn):
 
     def correction(self, x0: Tensor, h: float) -> Tensor:
         """C_i of step 2 (class docstring), from D_i = ``x0`` and the history."""
-        (x0_1, h_1), r0 = self.history[0], self.history[0][1] / h
+        x0_1, h_1 = self.history[0]
+        r0 = h_1 / h  # h_{i-1} / h_i
         if self.order == 2:
             return -math.expm1(-h) / (2 * r0) * (x0 - x0_1)  # (B, ...)
         phi_2 = math.expm1(-h) / h + 1
@@ -131,7 +133,7 @@ class DPMSolverPPSampler(_NoChurn):
         if len(self.history) == 1:
             return phi_2 * d1_0
         x0_2, h_2 = self.history[1]
-        r1 = h_2 / h
+        r1 = h_2 / h  # h_{i-2} / h_i
         d1_1 = (x0_1 - x0_2) / r1
         d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
         d2 = (d1_0 - d1_1) / (r0 + r1)
