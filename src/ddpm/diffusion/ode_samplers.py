@@ -166,6 +166,25 @@ class ContinuousSampler:
             return min(self.S_churn / self.steps, math.sqrt(2) - 1)
         return 0.0
 
+    def churned_time(self, process: GaussianProcess, t: float, nu: float) -> float:
+        """t_hat = t_of_noise_level(nu (1 + gamma_i)), the time churn raises step i to; t itself when gamma_i = 0."""
+        gamma = self.gamma(nu)
+        if gamma == 0:
+            return t
+        return float(process.t_of_noise_level(torch.tensor(nu * (1 + gamma), dtype=torch.float64)))
+
+    def evaluation_times(self, process: GaussianProcess) -> list[float]:
+        """The time of every network evaluation of a run on ``process``, in call order (``nfe()`` entries): each
+        step's (churned) t_hat_i, and Heun's corrector at t_{i+1} on every step but the last."""
+        grid = self.grid(process)
+        ts, nus = grid.t.tolist(), grid.nu.tolist()
+        return [u for i in range(self.steps)
+                for u in self.step_times(self.churned_time(process, ts[i], nus[i]), ts[i + 1], nus[i + 1] == 0)]
+
+    def step_times(self, t_hat: float, t_next: float, last: bool) -> list[float]:
+        """The evaluation times of one step from t_hat to t_next (``last``: into nu = 0): one, at t_hat."""
+        return [t_hat]
+
     @torch.no_grad()
     def __call__(self, denoise: DenoiseFn, process: GaussianProcess, x_T: Tensor, generator=None,
                  cond=None) -> Tensor:
@@ -177,9 +196,8 @@ class ContinuousSampler:
             t, nu, t_next, nu_next = ts[i], nus[i], ts[i + 1], nus[i + 1]
             # 2. churn (Algorithm 2, lines 4-6): raise the noise level of the scaled-back x / alpha from nu to
             #    nu_hat = nu (1 + gamma) by adding sqrt(nu_hat^2 - nu^2) S_noise eps, and rescale to alpha(t_hat).
-            gamma = self.gamma(nu)
-            if gamma > 0:
-                t_hat = float(process.t_of_noise_level(torch.tensor(nu * (1 + gamma), dtype=torch.float64)))
+            if self.gamma(nu) > 0:
+                t_hat = self.churned_time(process, t, nu)
                 nu_hat = _coefficient(process.noise_level, t_hat)  # VP: capped at nu(T-1), where t_hat is clamped
                 eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
                 ve = x / _coefficient(process.alpha, t) + math.sqrt(max(nu_hat**2 - nu**2, 0.0)) * self.S_noise * eps
@@ -244,6 +262,9 @@ class HeunSampler(ContinuousSampler):
 
     def nfe(self, steps: int | None = None) -> int:
         return 2 * _check_steps(self.steps if steps is None else steps) - 1
+
+    def step_times(self, t_hat, t_next, last):
+        return [t_hat] if last else [t_hat, t_next]  # the corrector at t_{i+1}; the last step is Euler
 
     def step(self, denoise, process, x, t, t_next, d, cond):
         h = t_next - t

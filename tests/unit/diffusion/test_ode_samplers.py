@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 from support.oracles import GaussianMixturePosteriorMean
+from support.recorder import Recorder
+from support.sampler_checks import k_diffusion_sigmas, mixture_z
 from torch import nn
 
 from ddpm.diffusion import schedules
@@ -29,17 +31,6 @@ def mlp(dim: int, dtype, seed: int) -> nn.Module:
     return lambda x, t: net(torch.cat([x, t.to(x.dtype).view(-1, 1)], dim=1))
 
 
-class Recorder:
-    """Wraps a denoiser ``(x, t) -> x0_hat`` and keeps every call's (x, t) in order."""
-
-    def __init__(self, fn):
-        self.fn, self.calls = fn, []
-
-    def __call__(self, x, t, *cond):
-        self.calls.append((x.clone(), t.clone()))
-        return self.fn(x, t)
-
-
 def edm_denoiser(net):
     """EDM's D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) (Table 1) around a fixed network F."""
     def denoise(x, sigma):
@@ -55,19 +46,6 @@ def max_difference(calls, reference_calls) -> float:
 
 
 # ---- 1. EDM: k-diffusion's sample_euler / sample_heun, call by call ---------------------------------------------
-def k_diffusion_sigmas(spacing: str, steps: int, process: EDMProcess) -> torch.Tensor:
-    """k-diffusion's own grid, built in float64 (its linspace follows the default dtype)."""
-    from k_diffusion.sampling import get_sigmas_exponential, get_sigmas_karras
-
-    build = get_sigmas_karras if spacing == "karras" else get_sigmas_exponential
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        return build(steps, process.sigma_min, process.sigma_max)
-    finally:
-        torch.set_default_dtype(default)
-
-
 @pytest.mark.parametrize("spacing", ["karras", "log_snr"])
 @pytest.mark.parametrize("churn", ["none", "all_steps", "window"])
 @pytest.mark.parametrize("name", SAMPLERS)
@@ -82,7 +60,7 @@ def test_edm_euler_and_heun_are_k_diffusions_algorithms_call_by_call(name, churn
     process, steps, seed = EDMProcess(), 12, 5
     options = {"none": {}, "all_steps": {"S_churn": 3.0}, "window": {"S_churn": 30.0, "S_tmin": 0.05, "S_tmax": 10.0}}
     options = options[churn]
-    sigmas = k_diffusion_sigmas(spacing, steps, process)
+    sigmas = k_diffusion_sigmas(spacing, steps, process.sigma_min, process.sigma_max)
     x_T = torch.randn(6, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     denoise = edm_denoiser(mlp(4, torch.float64, seed=1))
 
@@ -185,19 +163,7 @@ def test_the_exact_mixture_denoiser_samples_the_mixture(process_name, case):
     x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     x = sampler(denoise, process, x_T, torch.Generator().manual_seed(1))
 
-    means, stds = torch.tensor(MEANS, dtype=torch.float64), torch.tensor(STDS, dtype=torch.float64)
-    distance = torch.cdist(x, means)
-    mode = distance.argmin(1)
-    on_mode = distance.min(1).values < 5 * stds[mode]
-    assert (~on_mode).double().mean() < 0.005
-    z = []
-    for k, (w, s) in enumerate(zip(WEIGHTS, STDS)):
-        points = x[(mode == k) & on_mode]
-        n_k = len(points)
-        z.append(torch.tensor([(n_k / n - w) / math.sqrt(w * (1 - w) / n)], dtype=torch.float64))
-        z.append((points.mean(0) - means[k]) / (s / math.sqrt(n_k)))
-        z.append((points.std(0) - s) / (s / math.sqrt(2 * n_k)))
-    z = torch.cat(z)
+    z = mixture_z(x, WEIGHTS, MEANS, STDS)
     assert z.abs().max() < 4.5, z
 
 
