@@ -59,7 +59,9 @@ OURS = {
     "cpu": [("ours (mnist_cpu)", ["experiment=mnist_cpu"], []),  # its own sampler: ancestral DDPM, 50 steps
             ("ours (mnist_cpu, cosine decay to the budget)",
              ["experiment=mnist_cpu", "lr_schedule=cosine", f"trainer.max_steps={BUDGET_STEPS}"], []),
-            ("ours (mnist_cpu_ddpm: before)", ["experiment=mnist_cpu_ddpm"], ["sampler=ddpm", "sampler.steps=50"])],
+            ("ours (mnist_cpu_ddpm: before)", ["experiment=mnist_cpu_ddpm"], ["sampler=ddpm", "sampler.steps=50"]),
+            ("ours (mnist_cpu_edm)", ["experiment=mnist_cpu_edm"], []),  # Heun 18 steps (35 NFE)
+            ("ours (mnist_cpu_flow)", ["experiment=mnist_cpu_flow"], [])],
     "cuda": [("ours (mnist, v, min-SNR, cosine)", ["experiment=mnist", "denoiser.prediction_type=v",
                                                     "loss.min_snr_gamma=5", "schedule=cosine"], DPM20),
              ("ours (mnist)", ["experiment=mnist"], DPM20)],

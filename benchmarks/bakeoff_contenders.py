@@ -189,14 +189,17 @@ def build_ours(setup: Setup, recipe: list[str], name: str | None = None, sampler
             return module.sample(n, generator=generator, sampler=eval_sampler).float()
 
     steps = getattr(eval_sampler, "steps", None) or module.schedule.num_timesteps
+    nfe = len(eval_sampler.timesteps(module.sampling_space))  # Heun: 2 steps - 1
     return Contender(
         name or f"ours ({' '.join(recipe)})", "ours", " ".join(recipe), module.net, train_step, sample,
-        f"{type(eval_sampler).__name__} {steps} steps", int(steps),
+        f"{getattr(eval_sampler, 'solver', type(eval_sampler).__name__)} {steps} steps", nfe,
         recipe=dict(optimizer=type(opt).__name__, lr=opt.param_groups[0]["initial_lr"], warmup=cfg.lr_schedule.warmup_steps,
                     lr_decay=f"cosine to 0 at step {cfg.lr_schedule.decay_steps}" if cfg.lr_schedule.decay_steps else "none",
                     ema=f"{module.hparams.ema_decay} (warm-up (1+n)/(10+n))",
-                    loss=type(module.loss).__name__, prediction=cfg.denoiser.prediction_type,
-                    schedule=cfg.schedule._target_.rsplit(".", 1)[-1], clip=clip, precision="bf16" if bf16 else "fp32"),
+                    loss=type(module.loss).__name__,
+                    prediction=cfg.denoiser.get("prediction_type") or cfg.denoiser.get("prediction"),
+                    schedule=(cfg.schedule or cfg.process)._target_.rsplit(".", 1)[-1], clip=clip,
+                    precision="bf16" if bf16 else "fp32"),
         handle=module, config=cfg,
     )
 

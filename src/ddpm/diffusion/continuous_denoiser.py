@@ -75,12 +75,15 @@ class ContinuousDenoiser:
         prediction: ``edm``, ``velocity`` (any process) or ``eps``, ``x0``, ``v`` (VPProcess only).
         sigma_data: the data's std that ``edm`` (and EDMProcess's c_in) assume; None takes the process's
             ``sigma_data`` where it has one (EDMProcess), else 0.5 (EDM's, for data in [-1, 1]).
+        clip_denoised: the samplers' x0_hat (``__call__``) clipped to [-1, 1], the pixel range (as the VP
+            ``Denoiser``'s, DDPM's); ``predict``, ``velocity`` and so the losses see the unclipped prediction.
     """
 
     net: Any
     process: GaussianProcess
     prediction: str = "edm"
     sigma_data: float | None = None
+    clip_denoised: bool = False
 
     def __post_init__(self):
         if not isinstance(self.process, GaussianProcess):
@@ -96,6 +99,8 @@ class ContinuousDenoiser:
         if isinstance(sd, bool) or not isinstance(sd, (int, float)) or not 0 < sd < math.inf:
             raise ConfigError(f"denoiser.sigma_data={sd!r} is not allowed: use a number > 0 (EDM: 0.5)")
         object.__setattr__(self, "sigma_data", float(sd))
+        if not isinstance(self.clip_denoised, bool):
+            raise ConfigError(f"denoiser.clip_denoised={self.clip_denoised!r} is not allowed: use true or false")
 
     def replace(self, **changes: Any) -> "ContinuousDenoiser":
         """A copy with some fields changed, e.g. ``denoiser.replace(net=ema_net)``."""
@@ -160,8 +165,12 @@ class ContinuousDenoiser:
         return self.from_output(self.net_output(x_t, t, cond), x_t, t)
 
     def __call__(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
-        """x0_hat (B, ...): the denoiser the ``ode_samplers`` call."""
-        return self.predict(x_t, t, cond)[0]
+        """x0_hat (B, ...): the denoiser the ``ode_samplers`` call (clipped to [-1, 1] with ``clip_denoised``)."""
+        return self.clipped(self.predict(x_t, t, cond)[0])
+
+    def clipped(self, x0: Tensor) -> Tensor:
+        """x0 clipped to [-1, 1] when the denoiser clips, else x0."""
+        return x0.clamp(-1.0, 1.0) if self.clip_denoised else x0
 
     def velocity(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         """u_hat = alpha' x0_hat + sigma' eps_hat (B, ...): the raw output for ``velocity``, else from the prediction."""

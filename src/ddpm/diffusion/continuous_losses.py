@@ -81,7 +81,7 @@ class EDMLoss:
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=dtype)
         t = nu if isinstance(process, EDMProcess) else process.t_of_noise_level(nu)  # EDM's time is the level
         x_t = process.add_noise(x0, eps, t)
-        error = (denoiser(x_t, t, cond) - x0).pow(2).flatten(1).mean(dim=1)  # (B,)
+        error = (denoiser.predict(x_t, t, cond)[0] - x0).pow(2).flatten(1).mean(dim=1)  # (B,), never clipped
         return edm_loss_weight(nu, denoiser.sigma_data) * error, t
 
 

@@ -196,4 +196,4 @@ class ClassifierFreeGuidance:
         _, eps2 = d.predict(x2, t2, cat_conditions(cond, self.null_like(B, x_t.device)))  # (2B, ...)
         # 2. eps~ = eps_u + s (eps_c - eps_u), rescaled; 3. x0 = (x_t - sigma eps~) / alpha
         eps = guided_eps(eps2[:B], eps2[B:], scale, self.rescale)
-        return d.process.x0_of(x_t.to(eps.dtype), eps, t)
+        return d.clipped(d.process.x0_of(x_t.to(eps.dtype), eps, t))  # 4. clipped when the denoiser clips

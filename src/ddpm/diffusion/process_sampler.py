@@ -36,13 +36,15 @@ from ddpm.diffusion.conditions import cat_conditions
 from ddpm.diffusion.continuous_denoiser import ContinuousDenoiser
 from ddpm.diffusion.denoiser import Denoiser
 from ddpm.diffusion.guidance import ClassifierFreeGuidance, guided_eps
+from ddpm.diffusion.multistep_samplers import DPMSolver2MSampler, DPMSolver3MSampler, EulerMaruyamaSampler
 from ddpm.diffusion.ode_samplers import DenoiseFn, EulerSampler, HeunSampler
 from ddpm.diffusion.processes import EDMProcess, FlowProcess, GaussianProcess, VPProcess
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import ConfigError
 
 PREDICTIONS = {"epsilon": "eps", "x0": "x0", "v": "v"}  # the Denoiser's prediction_type -> ContinuousDenoiser's
-SOLVERS = {"heun": HeunSampler, "euler": EulerSampler}
+SOLVERS = {"heun": HeunSampler, "euler": EulerSampler, "dpmpp_2m": DPMSolver2MSampler, "dpmpp_3m": DPMSolver3MSampler,
+           "euler_maruyama": EulerMaruyamaSampler}
 
 
 def process_name(process: GaussianProcess | None) -> str:
@@ -70,14 +72,16 @@ def check_sampler(sampler, process: GaussianProcess | None) -> None:
 
 
 class ODESampler:
-    """Euler or Heun on the probability-flow ODE of any process (module docstring).
+    """A continuous-time solver on any process (module docstring).
 
     Args:
-        solver: ``heun`` (EDM's Algorithm 1/2, 2nd order) or ``euler``.
-        steps: solver steps (Heun: 2 steps - 1 network evaluations).
+        solver: ``heun`` (EDM's Algorithm 1/2, 2nd order), ``euler``, ``dpmpp_2m`` / ``dpmpp_3m`` (DPM-Solver++
+            multistep in log-SNR, ``multistep_samplers``) or ``euler_maruyama`` (the reverse SDE).
+        steps: solver steps (Heun: 2 steps - 1 network evaluations; the others one each).
         spacing, rho: the grid of ``ode_samplers.time_grid``: ``karras`` (EDM's rho spacing of noise levels,
             rho 7), ``uniform`` in t, or ``log_snr``.
-        S_churn, S_tmin, S_tmax, S_noise: EDM's stochastic churn (Algorithm 2); 0 churn: the deterministic ODE.
+        S_churn, S_tmin, S_tmax, S_noise: EDM's stochastic churn (Algorithm 2; euler and heun only); 0 churn: the
+            deterministic ODE.
     """
 
     def __init__(self, solver: str = "heun", steps: int = 18, spacing: str = "karras", rho: float = 7.0,
@@ -97,10 +101,7 @@ class ODESampler:
     def timesteps(self, space: NoiseSchedule | GaussianProcess) -> list[float]:
         """The time of every network evaluation (NFE entries): the schedule's (fractional) timesteps for VP, the
         process's own times otherwise."""
-        t = self.ode.grid(as_process(space)).t.tolist()[:-1]  # the last time is the clean end
-        if self.name == "euler":
-            return t
-        return [t[0], *(u for u in t[1:] for _ in range(2))]  # Heun: the corrector at t_i+1, then the next step there
+        return self.ode.evaluation_times(as_process(space))
 
     def __call__(self, denoiser: Denoiser | ContinuousDenoiser | ClassifierFreeGuidance,
                  space: NoiseSchedule | GaussianProcess, x_T: Tensor, generator: torch.Generator | None = None,

@@ -199,7 +199,7 @@ def sample_run(cfg: DictConfig, module, run_dir: Path, device,
     sizes = shard_sizes(cfg.num_samples, cfg.batch_size, shard.world)
     images = shard.gather_rows(torch.from_numpy(images), sizes).numpy()  # (N, H, W, C) in sample order
     seconds = time.perf_counter() - start
-    info = dict(sampler=sampler.name, sampler_config=OmegaConf.to_container(cfg.sampler, resolve=True), steps=steps,
+    info = dict(sampler=sampler.name, sampler_config=OmegaConf.to_container(cfg.sampler, resolve=True), steps=steps, nfe=steps,
                 seconds=seconds, images_per_second=len(images) / seconds, seed=cfg.seed, num_samples=len(images),
                 precision=cfg.precision, compile=cfg.compile, processes=shard.world)
     if shard.rank != 0:

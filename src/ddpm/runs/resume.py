@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ddpm.errors import ConfigError, exit_with
 from ddpm.runs.legacy import moved_override, upgrade_overrides
+from ddpm.runs.process_options import check_overrides
 
 _RESUME = re.compile(r"^\+{0,2}resume=(.*)$", re.DOTALL)
 # keys that resume= sets itself: a saved value of them is dropped
@@ -81,6 +82,8 @@ def resume_argv(argv: list[str]) -> list[str]:
         for arg in argv[1:]:
             if moved_override(arg) != arg:
                 raise ConfigError(f"{arg} is an option of an older config layout: use {moved_override(arg)}")
-        return [argv[0], *expand_resume(argv[1:])]
+        args = expand_resume(argv[1:])
+        check_overrides(args)  # denoiser.variance=... on process=edm: one line, before Hydra's several
+        return [argv[0], *args]
     except ConfigError as error:
         exit_with(error)

@@ -73,8 +73,9 @@ def with_denoiser(run_cfg: DictConfig, denoiser: Mapping | None = None) -> DictC
     run_cfg = run_cfg.copy()
     changes = {k: v for k, v in (denoiser or {}).items() if v is not None}
     continuous = OmegaConf.select(run_cfg, "denoiser._target_", default="").endswith("ContinuousDenoiser")
-    if changes and continuous:
-        key, value = next(iter(changes.items()))
+    vp_only = {k: v for k, v in changes.items() if k != "clip_denoised"}  # a continuous denoiser clips too
+    if vp_only and continuous:
+        key, value = next(iter(vp_only.items()))
         raise ConfigError(f"denoiser.{key}={value} is an option of the VP chain's denoiser (process=vp); this run is "
                           f"process={process_choice(run_cfg)}, with a continuous-time denoiser: leave denoiser.{key} unset")
     with open_dict(run_cfg):
