@@ -16,6 +16,7 @@ from ddpm.nets.ddpmpp import Block, DDPMpp
 from ddpm.nets.embeddings import timestep_embedding
 from support.runs import CONF
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small nets: a second thread only adds contention
 
 def ddpmpp_param_count(image_size, in_channels, N, mult, blocks, attn_res, num_classes=None, out_channels=None):
     """Weights + biases of DDPM++ from its description (ddpmpp.py docstring; EDM's SongUNet with --arch=ddpmpp).
