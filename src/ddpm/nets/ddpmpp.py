@@ -85,8 +85,9 @@ class Block(nn.Module):
         self.skip = conv(in_ch, out_ch, 1) if in_ch != out_ch or resample else nn.Identity()
         self.attention = attention
         if attention:
-            self.norm2, self.qkv, self.proj = norm(out_ch), conv(out_ch, 3 * out_ch, 1, math.sqrt(0.2)), conv(
-                out_ch, out_ch, 1, gain=1e-5)
+            self.norm2 = norm(out_ch)
+            self.qkv = conv(out_ch, 3 * out_ch, 1, gain=math.sqrt(0.2))  # rows: q, k, v, each out_ch
+            self.proj = conv(out_ch, out_ch, 1, gain=1e-5)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.conv0(self.resample(F.silu(self.norm0(x))))  # (B, out, H', W'), H' = H/2, H or 2H
