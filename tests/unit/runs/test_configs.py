@@ -43,7 +43,7 @@ def test_optimizer_option_instantiates(name, tmp_path):
 def test_model_option_builds_the_whole_module(name, tmp_path):
     from ddpm.runs.build import build_module
 
-    data = {"unet_cifar10": "cifar10", "unet_mnist": "mnist", "unet_mnist_cpu": "mnist"}.get(name, "digits")
+    data = {"unet_cifar10": "cifar10", "ddpmpp_cifar10": "cifar10", "unet_mnist": "mnist", "unet_mnist_cpu": "mnist"}.get(name, "digits")
     # the paper-size DiTs with one block: building 12 (and their EMA copy) takes seconds; tests/test_dit.py counts them
     shallow = ["model.depth=1"] if name in ("dit_s2", "dit_b2") else []
     cfg = compose_train(f"model={name}", f"data={data}", *shallow, tmp_path=tmp_path)
@@ -152,7 +152,8 @@ def test_experiment_composes_and_builds_its_module(name, tmp_path):
         assert isinstance(module, AutoencoderModule) and isinstance(module.autoencoder, get_class(cfg.model._target_))
         return
     assert isinstance(module, DiffusionModule) and isinstance(module.net, get_class(cfg.model._target_))
-    assert module.schedule.num_timesteps == cfg.schedule.num_timesteps and module.lr_schedule.keywords["warmup_steps"] == cfg.lr_schedule.warmup_steps
+    steps = cfg.schedule.num_timesteps if cfg.get("schedule") else None  # process=edm|flow: no discrete schedule
+    assert getattr(module.schedule, "num_timesteps", None) == steps and module.lr_schedule.keywords["warmup_steps"] == cfg.lr_schedule.warmup_steps
     assert_built_from(module.sampler, cfg.sampler)
 
 
@@ -202,6 +203,28 @@ def test_cifar10_experiment_is_the_paper_recipe(tmp_path):
     assert cfg.trainer.max_steps == 800_000 and cfg.denoiser.prediction_type == "epsilon"
     assert (cfg.model.base_channels, list(cfg.model.channel_mult), cfg.model.num_res_blocks, list(cfg.model.attn_resolutions)) == (
         128, [1, 2, 2, 2], 2, [16])
+
+
+@pytest.mark.parametrize("name, process", [("cifar10_edm", "edm"), ("cifar10_flow", "flow")])
+def test_cifar10_edm_and_flow_experiments_are_edms_recipe(name, process, tmp_path):
+    import torch
+
+    cfg = compose_train(f"experiment={name}", tmp_path=tmp_path, return_hydra_config=True)
+    choices = cfg.hydra.runtime.choices
+    assert (choices["process"], choices["model"], choices["data"], choices["trainer"]) == (
+        process, "ddpmpp_cifar10", "cifar10", "gpu")
+    batch = 512  # EDM (Karras et al. 2022, Table 7): durations in millions of images, at batch 512
+    assert (cfg.data.batch_size, cfg.data.hflip, cfg.model.dropout, cfg.model.num_classes) == (batch, True, 0.13, None)
+    adam = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+    assert isinstance(adam, torch.optim.Adam)
+    assert (adam.defaults["lr"], adam.defaults["betas"], adam.defaults["eps"]) == (1e-3, (0.9, 0.999), 1e-8)
+    assert cfg.lr_schedule.warmup_steps == int(10e6 / batch) and cfg.lr_schedule.decay_steps is None  # 10 Mimg ramp-up
+    assert cfg.trainer.max_steps == 200e6 / batch and cfg.trainer.gradient_clip_val is None  # 200 Mimg, no clipping
+    assert cfg.module.ema_decay == pytest.approx(0.5 ** (batch / 0.5e6), abs=1e-8)  # half-life 0.5 Mimg
+    assert cfg.module.ema_warmup
+    assert (cfg.sampler.solver, cfg.sampler.steps) == ("heun", 18)  # 35 network evaluations
+    assert cfg.loss.time == "logit_normal" if process == "flow" else (cfg.loss.p_mean, cfg.loss.p_std) == (-1.2, 1.2)
+    assert compose_train(f"experiment={name}", "conditioning=class", tmp_path=tmp_path).model.num_classes == 10
 
 
 @pytest.mark.parametrize("name", options("autoencoder"))
