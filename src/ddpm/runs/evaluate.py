@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchvision.utils import save_image
@@ -174,8 +175,25 @@ def slug(prompts: list[str]) -> str:
     return short if len(text) <= 40 else f"{short}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
+def sampler_config(cfg: DictConfig, run_cfg: DictConfig | None, module) -> DictConfig:
+    """The sampler to evaluate with: ``cfg.sampler``; but for an EDM or flow run (whose samplers are not
+    evaluate.yaml's default, ddpm) with no ``sampler=`` on the command line, the run's own sampler with the command
+    line's ``sampler.KEY=VALUE`` overrides (``python evaluate.py ckpt_path=... sampler.steps=10``: the run's Heun)."""
+    if module.is_vp or run_cfg is None or not HydraConfig.initialized():
+        return cfg.sampler
+    overrides = HydraConfig.get().overrides.task
+    if any(o.lstrip("+~").startswith("sampler=") for o in overrides):
+        return cfg.sampler
+    sampler = run_cfg.sampler.copy()
+    for override in overrides:
+        key, sep, _ = override.lstrip("+~").partition("=")
+        if sep and key.startswith("sampler."):
+            OmegaConf.update(sampler, key[len("sampler."):], OmegaConf.select(cfg, key), force_add=True)
+    return sampler
+
+
 def sample_run(cfg: DictConfig, module, run_dir: Path, device,
-               shard: Shard = Shard(), data_cfg=None) -> tuple[np.ndarray | None, torch.Tensor | None, Path, dict]:
+               shard: Shard = Shard(), data_cfg=None, run_cfg: DictConfig | None = None) -> tuple[np.ndarray | None, torch.Tensor | None, Path, dict]:
     """Sample the EMA weights with cfg.sampler (this rank's chunks of ``shard``, gathered on rank 0);
     rank 0 writes samples.npz (with ``labels`` for a conditional model) and samples.png and times it.
     Returns (images uint8 (N, H, W, C) on rank 0, else None; labels (N,) or None; out_dir; info).
@@ -185,7 +203,8 @@ def sample_run(cfg: DictConfig, module, run_dir: Path, device,
     never overwrite the samples of the run as trained.
     """
     cond, labels, scale, label_tag = sample_labels(cfg, module, data_cfg)
-    sampler = instantiate(cfg.sampler)
+    sampler_cfg = sampler_config(cfg, run_cfg, module)
+    sampler = instantiate(sampler_cfg)
     check_sampler(sampler, module.process)  # DDPM on an EDM run: one line, before anything is sampled
     steps = len(sampler.timesteps(module.sampling_space))
     tag = label_tag + denoiser_tag(denoiser_changes(cfg))
@@ -199,7 +218,7 @@ def sample_run(cfg: DictConfig, module, run_dir: Path, device,
     sizes = shard_sizes(cfg.num_samples, cfg.batch_size, shard.world)
     images = shard.gather_rows(torch.from_numpy(images), sizes).numpy()  # (N, H, W, C) in sample order
     seconds = time.perf_counter() - start
-    info = dict(sampler=sampler.name, sampler_config=OmegaConf.to_container(cfg.sampler, resolve=True), steps=steps, nfe=steps,
+    info = dict(sampler=sampler.name, sampler_config=OmegaConf.to_container(sampler_cfg, resolve=True), steps=steps, nfe=steps,
                 seconds=seconds, images_per_second=len(images) / seconds, seed=cfg.seed, num_samples=len(images),
                 precision=cfg.precision, compile=cfg.compile, processes=shard.world)
     if shard.rank != 0:
@@ -283,7 +302,7 @@ def evaluate(cfg: DictConfig, feature_extractor: Extractor | None = None) -> dic
         denoiser = module.denoiser()
         result.update(ckpt_path=str(cfg.ckpt_path), process=process_name(module.process), denoiser=denoiser_summary(denoiser))
         if scores or domain or not metrics:  # metrics=[]: the samples alone
-            images, labels, out_dir, info = sample_run(cfg, module, run_dir, device, shard, data_cfg)
+            images, labels, out_dir, info = sample_run(cfg, module, run_dir, device, shard, data_cfg, run_cfg)
             result.update(info)
         else:
             out_dir = Path(cfg.out_dir or run_dir / "eval" / f"nll_{denoiser.variance}_{cfg.nll.num_images}")
