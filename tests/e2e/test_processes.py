@@ -36,15 +36,16 @@ def test_a_continuous_process_trains_resumes_samples_and_evaluates(process, tmp_
     assert code == 0, err
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
 
-    for solver in SOLVERS:  # guided (the default scale), balanced labels, every solver of the process
-        out = tmp_path / solver
-        code, _, err = run_here("evaluate.py", f"ckpt_path={run_dir}/checkpoints/last.ckpt", f"sampler={solver}",
+    for solver in (None, *SOLVERS):  # guided (the default scale), balanced labels, every solver of the process
+        out = tmp_path / str(solver)
+        choice = [] if solver is None else [f"sampler={solver}"]  # none: the run's own (heun), its steps changed
+        code, _, err = run_here("evaluate.py", f"ckpt_path={run_dir}/checkpoints/last.ckpt", *choice,
                                 "sampler.steps=2", "metrics=[]", "num_samples=4", "batch_size=4", f"out_dir={out}",
                                 monkeypatch=monkeypatch, capfd=capfd)
         assert code == 0, err
         metrics = json.loads((out / "metrics.json").read_text())
-        assert metrics["process"] == process and metrics["sampler"] == solver
-        assert metrics["nfe"] == (3 if solver == "heun" else 2) and metrics["guidance_scale"] == 1.5
+        assert metrics["process"] == process and metrics["sampler"] == (solver or "heun")
+        assert metrics["nfe"] == (3 if solver in (None, "heun") else 2) and metrics["guidance_scale"] == 1.5
 
 
 BAD = {  # (process, overrides, what the one line says)
