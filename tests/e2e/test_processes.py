@@ -100,3 +100,18 @@ def test_vp_stays_the_default_and_composes_its_own_groups(tmp_path):
     assert "schedule" not in edm and edm.denoiser.prediction == "edm" and edm.loss._target_.endswith("EDMLoss")
     flow = compose_train("process=flow", tmp_path=tmp_path)
     assert flow.denoiser.prediction == "velocity" and flow.loss._target_.endswith("FlowMatchingLoss")
+
+
+def test_the_fd_callback_samples_a_flow_run_with_its_own_sampler(tmp_path, monkeypatch):
+    """callbacks=classifier_metrics samples with DDIM on VP; off VP with the run's sampler (DDIM is the chain's)."""
+    from ddpm.evaluation import classifier as C
+    from ddpm.runs.train import train as train_run
+
+    monkeypatch.setitem(C.RECIPES, "digits", C.Recipe(width=4, feature_dim=8, epochs=1, holdout=0.2, shift=0))
+    fd = ["callbacks=classifier_metrics", "callbacks.classifier_metrics.every_n_steps=2",
+          "callbacks.classifier_metrics.num_samples=8", "callbacks.classifier_metrics.batch_size=8",
+          f"callbacks.classifier_metrics.cache_dir={tmp_path / 'classifier'}"]
+    trainer = train_run(compose_train("process=flow", *CONTINUOUS_TINY, *fd, "trainer.max_steps=2", tmp_path=tmp_path))
+    callback = next(c for c in trainer.callbacks if type(c).__name__ == "ClassifierMetricsCallback")
+    assert callback.sampler is trainer.lightning_module.sampler and callback.sampler.name == "heun"
+    assert "val/fd" in (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0]

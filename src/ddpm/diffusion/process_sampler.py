@@ -71,6 +71,14 @@ def check_sampler(sampler, process: GaussianProcess | None) -> None:
                           f"{'|'.join(SOLVERS)}")
 
 
+def sampler_for(sampler, process: GaussianProcess | None, default):
+    """``sampler`` where it applies to ``process``; a discrete one (the callbacks' DDIM) off VP: ``default``, the
+    run's own sampler. None: ``default``."""
+    if sampler is None or (process_name(process) != "vp" and not isinstance(sampler, ODESampler)):
+        return default
+    return sampler
+
+
 class ODESampler:
     """A continuous-time solver on any process (module docstring).
 

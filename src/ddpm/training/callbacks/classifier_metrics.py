@@ -8,6 +8,7 @@ import time
 import numpy as np
 import torch
 
+from ddpm.diffusion.process_sampler import sampler_for
 from ddpm.evaluation.classifier import DomainClassifier, load_or_train
 from ddpm.evaluation.classifier_metrics import frechet_to, label_accuracy
 from ddpm.evaluation.sampling import generate_shard, shard_sizes
@@ -50,6 +51,7 @@ class ClassifierMetricsCallback(EveryNSteps):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         """Load (or train) the classifier at the start, so a dataset without one fails before training."""
+        self.sampler = sampler_for(self.sampler, pl_module.process, pl_module.sampler)  # off VP: the run's, not DDIM
         if self.classifier is None:
             self.classifier = load_or_train(trainer.datamodule, self.cache_dir)
 

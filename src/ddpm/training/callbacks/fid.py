@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ddpm.diffusion.process_sampler import sampler_for
 from ddpm.evaluation.distances import frechet_distance
 from ddpm.evaluation.feature_stats import FeatureStats
 from ddpm.evaluation.inception import Extractor, InceptionFeatures, extract_features
@@ -99,6 +100,7 @@ class FIDCallback(EveryNSteps):
         self.last: float | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        self.sampler = sampler_for(self.sampler, pl_module.process, pl_module.sampler)  # off VP: the run's, not DDIM
         if self.extractor is None:  # fail at the start, not hours in, when the weights are missing
             self.extractor = InceptionFeatures(self.inception_weights)
 
