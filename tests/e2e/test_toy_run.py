@@ -118,3 +118,17 @@ def test_toy_plots_rejects_bad_arguments():
         ToyPlots(num_samples=5, num_trajectories=10)
     with pytest.raises(ConfigError, match="field_times"):
         ToyPlots(field_times=(1.5,))
+
+
+def test_a_flow_toy_run_draws_its_three_figures(tmp_path):
+    """experiment=toy_spiral_flow, a few steps: samples, the reverse PF-ODE velocity and the recorded ODE paths."""
+    from ddpm.runs.train import train
+
+    threads = torch.get_num_threads()
+    train(compose_train("experiment=toy_spiral_flow", "trainer.max_steps=3", "sampler.steps=4",
+                        "callbacks.toy_plots.num_samples=200", "callbacks.progress_bar.refresh_rate=0",
+                        "logger=none", tmp_path=tmp_path))
+    torch.set_num_threads(threads)
+    pngs = {p.name.split("_step")[0]: p for p in (tmp_path / "plots").glob("*.png")}
+    assert sorted(pngs) == ["field", "samples", "trajectories"]
+    assert all(p.stat().st_size > 10_000 and p.name.endswith("_step_0000003.png") for p in pngs.values())

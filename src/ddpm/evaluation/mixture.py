@@ -15,6 +15,10 @@ Song et al. 2021, "Score-Based Generative Modeling through SDEs") have a closed 
     r_k(x) = softmax_k(-|x - sqrt(abar_t) mu_k|^2 / (2 v_t))   (the posterior probability of class k),
 
 with r = one-hot(k) for the class-conditional p_t(x | k). Computed in float64.
+
+``GaussianMixturePosteriorMean`` is the same mixture's posterior mean E[x0 | x_t] on any
+``GaussianProcess`` (VP, EDM, flow; unequal weights and stds): the exact denoiser of the continuous-time
+samplers, and of the VP-versus-flow paths figure (``python -m ddpm.plots paths``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ddpm.data.points import gaussians8
+from ddpm.diffusion.processes import GaussianProcess
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import ConfigError
 
@@ -100,3 +105,56 @@ def gaussians8_eps(
 ) -> GaussianMixtureEps:
     """The exact eps network of ``data=gaussians8`` (8 modes, defaults of ``ddpm.data.points.gaussians8``)."""
     return GaussianMixtureEps(circle_centres(8, radius), std, schedule)
+
+
+class GaussianMixturePosteriorMean:
+    """The exact x0_hat = E[x0 | x_t] of a Gaussian mixture under any ``GaussianProcess``:
+    ``denoise(x_t (B, D), t (B,), cond=None) -> (B, D)``, the continuous-time samplers' denoiser
+    (``ddpm.diffusion.ode_samplers``), computed in float64 and returned in x_t's dtype.
+
+    Data: component k ~ N(m_k, s_k^2 I) with weight w_k (s_k = 0: a point). With x_t = alpha x0 + sigma eps
+    (Kingma et al. 2021, Eq. 1) component k's marginal is N(x; alpha m_k, v_k I), v_k = alpha^2 s_k^2 + sigma^2,
+    so (Bayes, then Gaussian conditioning within k):
+
+        1. r_k(x) = softmax_k(log w_k - D/2 log v_k - |x - alpha m_k|^2 / (2 v_k))   the posterior of k
+        2. E[x0 | x_t, k] = m_k + alpha s_k^2 / v_k (x - alpha m_k)
+        3. x0_hat = sum_k r_k E[x0 | x_t, k]
+
+    Args:
+        process: the ``GaussianProcess`` giving alpha(t), sigma(t).
+        weights: (K,) positive mixture weights (normalised here).
+        means: (K, D) the component means m_k.
+        stds: (K,) the component standard deviations s_k >= 0.
+    """
+
+    def __init__(self, process: GaussianProcess, weights, means, stds):
+        self.process = process
+        self.weights = torch.as_tensor(weights, dtype=torch.float64)  # (K,)
+        self.means = torch.as_tensor(means, dtype=torch.float64)  # (K, D)
+        self.stds = torch.as_tensor(stds, dtype=torch.float64)  # (K,)
+        K = len(self.weights)
+        if (self.means.ndim != 2 or self.means.shape[0] != K or self.stds.shape != (K,)
+                or not bool((self.weights > 0).all()) or not bool((self.stds >= 0).all())):
+            raise ConfigError(f"a mixture needs weights (K,) > 0, means (K, D), stds (K,) >= 0; got shapes "
+                              f"{tuple(self.weights.shape)}, {tuple(self.means.shape)}, {tuple(self.stds.shape)}")
+        self.weights = self.weights / self.weights.sum()
+
+    def __call__(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
+        x, t = x_t.double(), torch.as_tensor(t, device=x_t.device).double().expand(len(x_t))
+        means, stds, weights = (v.to(x.device) for v in (self.means, self.stds, self.weights))
+        a = self.process.alpha(t).view(-1, 1, 1)  # (B, 1, 1)
+        s = self.process.sigma(t).view(-1, 1, 1)
+        var_data = stds.view(1, -1, 1) ** 2  # (1, K, 1)
+        v = a**2 * var_data + s**2  # (B, K, 1)
+        diff = x[:, None, :] - a * means[None]  # (B, K, D)
+        log_r = weights.log() - 0.5 * x.shape[1] * v[..., 0].log() - (diff**2).sum(-1) / (2 * v[..., 0])  # 1. (B, K)
+        r = torch.softmax(log_r, dim=1)[..., None]  # (B, K, 1)
+        posterior_means = means[None] + a * var_data / v * diff  # 2. (B, K, D)
+        return (r * posterior_means).sum(1).to(x_t.dtype)  # 3. (B, D)
+
+
+def gaussians8_posterior_mean(process: GaussianProcess, std: float = _GAUSSIANS8["std"].default,
+                              radius: float = _GAUSSIANS8["radius"].default) -> GaussianMixturePosteriorMean:
+    """The exact E[x0 | x_t] of ``data=gaussians8`` (8 equal modes, ``ddpm.data.points.gaussians8``'s defaults)
+    on ``process``."""
+    return GaussianMixturePosteriorMean(process, torch.ones(8), circle_centres(8, radius), torch.full((8,), std))

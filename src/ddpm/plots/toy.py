@@ -69,16 +69,28 @@ def vector_field_figure(
     score: Callable[[Tensor, int], Tensor], times: list[int], schedule: NoiseSchedule, data: Tensor, n: int = 21
 ) -> Figure:
     """The direction of the score ``score(x, t)`` (N, 2) on an n x n grid at each t, coloured by its size."""
+    titles = [rf"t = {t}   ($\sqrt{{\bar\alpha_t}}$ = {schedule.sqrt_alphas_cumprod[t].item():.2f})" for t in times]
+    suptitle = (r"Learned score $\nabla_x \log p_t(x) = -\hat\epsilon(x, t) / \sqrt{1-\bar\alpha_t}$"
+                " (grey: the data): arrows show its direction, colour its size")
+    return field_figure(score, times, titles, data, r"$|\hat\epsilon|\,/\,\sqrt{1-\bar\alpha_t}$", suptitle, n)
+
+
+def field_figure(
+    field: Callable[[Tensor, float], Tensor], times: list, titles: list[str], data: Tensor, colorbar: str,
+    suptitle: str, n: int = 21,
+) -> Figure:
+    """The direction of ``field(x, t)`` (N, 2) on an n x n grid over [-1.5, 1.5]^2, one panel per t, coloured by its
+    size on one log scale for all panels."""
     lin = torch.linspace(-1.5, 1.5, n)
     gx, gy = torch.meshgrid(lin, lin, indexing="xy")
     grid = torch.stack([gx.flatten(), gy.flatten()], dim=1)  # (n*n, 2)
-    fields = {t: score(grid, t) for t in times}
-    norms = torch.cat([f.norm(dim=1) for f in fields.values()])
+    fields = [field(grid, t) for t in times]
+    norms = torch.cat([f.norm(dim=1) for f in fields])
     color_norm = LogNorm(vmin=norms.min().clamp(min=1e-3).item(), vmax=norms.max().item())
     cmap = colormaps["viridis"].resampled(10)  # a few distinct colours read better than a gradient
     fig = Figure(figsize=(3.6 * len(times) + 1.2, 4.3), layout="constrained")
     axes = fig.subplots(1, len(times), squeeze=False)[0]
-    for ax, (t, s) in zip(axes, fields.items()):
+    for ax, s, title in zip(axes, fields, titles):
         ax.scatter(data[:, 0], data[:, 1], s=2, color="0.8", rasterized=True)
         length = s.norm(dim=1, keepdim=True).clamp(min=1e-12)
         u = s / length  # unit arrows: the size spans orders of magnitude across t, so it is the colour
@@ -87,13 +99,10 @@ def vector_field_figure(
             angles="xy", scale_units="xy", scale=1 / 0.11, width=0.006,
         )
         ax.set(xlim=(-1.6, 1.6), ylim=(-1.6, 1.6), aspect="equal", xlabel="$x_1$")
-        ax.set_title(rf"t = {t}   ($\sqrt{{\bar\alpha_t}}$ = {schedule.sqrt_alphas_cumprod[t].item():.2f})")
+        ax.set_title(title)
     axes[0].set_ylabel("$x_2$")
-    fig.colorbar(quiver, ax=axes, label=r"$|\hat\epsilon|\,/\,\sqrt{1-\bar\alpha_t}$", shrink=0.85, pad=0.01)
-    fig.suptitle(
-        r"Learned score $\nabla_x \log p_t(x) = -\hat\epsilon(x, t) / \sqrt{1-\bar\alpha_t}$"
-        " (grey: the data): arrows show its direction, colour its size"
-    )
+    fig.colorbar(quiver, ax=axes, label=colorbar, shrink=0.85, pad=0.01)
+    fig.suptitle(suptitle)
     return fig
 
 
@@ -106,7 +115,16 @@ def trajectories_figure(states: list[Tensor], times: list[int], data: Tensor, nu
     """
     T = len(states) - 1
     panels = [(f"t = {t}", T - 1 - t) for t in times] + [("output $x_0$", T)]
-    paths = torch.stack([x[:num_paths] for x in states], dim=1)  # (K, T + 1, 2)
+    suptitle = f"Reverse process: {len(states[0])} points from $x_T \\sim N(0, I)$ through {T} sampler steps"
+    return path_panels_figure(states, panels, data, num_paths, suptitle)
+
+
+def path_panels_figure(
+    states: list[Tensor], panels: list[tuple[str, int]], data: Tensor, num_paths: int, suptitle: str
+) -> Figure:
+    """One panel per (title, k): the points states[k] (N, 2), and the first ``num_paths`` drawn large with their
+    path since the previous panel; ``states`` are a sampler's successive x (N, 2), noise first."""
+    paths = torch.stack([x[:num_paths] for x in states], dim=1)  # (num_paths, S, 2)
     fig = Figure(figsize=(3.5 * len(panels), 4.3), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     previous = 0
@@ -126,5 +144,5 @@ def trajectories_figure(states: list[Tensor], times: list[int], data: Tensor, nu
         Line2D([], [], color="C1", marker="o", markeredgecolor="k", label=few),
     ]
     axes[0].legend(handles=handles, loc="upper left", fontsize=8)
-    fig.suptitle(f"Reverse process: {len(states[0])} points from $x_T \\sim N(0, I)$ through {T} sampler steps")
+    fig.suptitle(suptitle)
     return fig

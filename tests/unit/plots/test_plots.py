@@ -116,3 +116,21 @@ def test_module_runs_as_a_command(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "schedules.png").stat().st_size > 20_000
+
+
+def test_paths_command_writes_a_png(tmp_path):
+    (path,) = main(["paths", "--paths", "4", "--steps", "3", "--out", str(tmp_path), "--dpi", "40"])
+    assert path == tmp_path / "paths_vp_vs_flow.png" and Image.open(path).size[0] > 100
+
+
+def test_paths_figure_measures_both_processes():
+    # The flow column's conditional paths (1 - t) x0 + t eps are segments: straightness 1 (evaluation.paths
+    # tests the ODE's); VP's are arcs.
+    from ddpm.diffusion.processes import FlowProcess, VPProcess
+    from ddpm.evaluation.paths import straightness
+    from ddpm.plots.paths import all_paths
+
+    _, paths = all_paths({"vp": VPProcess(schedules.linear(100)), "flow": FlowProcess()}, num_paths=5, steps=4)
+    assert torch.allclose(straightness(paths["flow"]["conditional"]), torch.ones(5, dtype=torch.float64))
+    assert (straightness(paths["vp"]["conditional"]) < 1 - 1e-6).all()
+    assert all(p["ode"].shape == (5, 5, 2) for p in paths.values())  # 4 Heun steps' states and the output

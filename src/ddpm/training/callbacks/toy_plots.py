@@ -1,7 +1,8 @@
 """The ``ToyPlots`` callback: what a 2-D diffusion model has learned, drawn during and after training.
 
 The toy model trains through the same ``DiffusionModule``, schedules, loss and samplers as the
-image models; only the data (``data=spiral``, ...) and the network (``model=mlp``) differ.
+image models; only the data (``data=spiral``, ...) and the network (``model=mlp``) differ. On ``process=vp`` it
+draws DDPM's chain at integer timesteps; on ``process=edm|flow`` the run's ODE sampler (``experiment=toy_spiral_flow``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import torch
 from torch import Tensor
 
 from ddpm.diffusion.denoiser import at_timestep
+from ddpm.diffusion.process_sampler import sampler_name
 from ddpm.diffusion.samplers import DDPMSampler
 from ddpm.errors import ConfigError
+from ddpm.evaluation.paths import ode_paths, straightness
 from ddpm.evaluation.point_distances import nn_distance
 from ddpm.training.callbacks.periodic import PeriodicDrawing, log_image
 
@@ -51,6 +54,16 @@ class ToyPlots(PeriodicDrawing):
       every sample follows the posterior mean, which at large t is the data average, and all of
       them end in one point.
 
+    On ``process=edm|flow`` (Karras et al. 2022; Lipman et al. 2023) three of them, from one deterministic run of the
+    run's ODE sampler (``pl_module.sampler``, e.g. Heun) recorded at every network call (``evaluation.paths``):
+
+    - ``samples``: its output over the data;
+    - ``field``: the reverse-time probability-flow velocity -dx/dt = -(alpha' x0_hat + sigma' eps_hat), where
+      sampling moves x (flow: x0_hat - eps_hat), at the solver's steps a fraction f of the way from the clean end
+      (f = 1: the first step) for f in ``field_times``;
+    - ``trajectories``: the points at those steps and the paths of a few, with their mean straightness
+      |x_0 - x_T| / path length (1 = straight).
+
     Distances are :func:`nn_distance` to ``num_samples`` training points, shown with two
     references: a second draw of as many training points, and as many points of N(0, I).
 
@@ -58,7 +71,8 @@ class ToyPlots(PeriodicDrawing):
         every_n_steps: steps between pictures (0: only at the end).
         num_samples: points sampled for the scatter plots (the data must hold twice as many).
         num_trajectories: reverse paths drawn.
-        field_times: fractions of T at which the field and the sampled points are drawn.
+        field_times: fractions of T (VP; of the solver's steps on EDM / flow) at which the field and the sampled
+            points are drawn.
         seed: seed of x_T and all sampling noise, the same every time.
     """
 
@@ -100,7 +114,10 @@ class ToyPlots(PeriodicDrawing):
 
     @torch.no_grad()
     def figures(self, pl_module, points: Tensor) -> dict:
-        """The four matplotlib figures of the model against the first ``num_samples`` of ``points`` (N, 2)."""
+        """The matplotlib figures of the model against the first ``num_samples`` of ``points`` (N, 2): four on VP,
+        three on EDM / flow (``continuous_figures``)."""
+        if not pl_module.is_vp:
+            return self.continuous_figures(pl_module, points)
         from ddpm.plots.toy import points_figure, trajectories_figure, vector_field_figure
 
         n, schedule = self.num_samples, pl_module.schedule
@@ -134,8 +151,7 @@ class ToyPlots(PeriodicDrawing):
         field = vector_field_figure(score, times, schedule, data)
         pl_module.train(was_training)
 
-        references = {"another draw of the data": second_draw, "N(0, I)": torch.randn(n, 2, generator=generator())}
-        references = {name: nn_distance(x, data) for name, x in references.items()}
+        references = self.references(data, second_draw, generator())
         name = type(pl_module.sampler).__name__
         both = {"DDPM (noise_scale=1)": normal, "posterior mean only (noise_scale=0)": quiet}
         return {
@@ -143,4 +159,53 @@ class ToyPlots(PeriodicDrawing):
             "field": field,
             "trajectories": trajectories_figure(states, times, data, self.num_trajectories),
             "noise_free": points_figure(data, both, nn_distance, references),
+        }
+
+    def generator(self, pl_module) -> torch.Generator:
+        return torch.Generator(device=pl_module.device).manual_seed(self.seed)
+
+    @staticmethod
+    def references(data: Tensor, second_draw: Tensor, generator: torch.Generator) -> dict[str, float]:
+        """The distances to ``data`` of another draw of it and of as many points of N(0, I)."""
+        sets = {"another draw of the data": second_draw, "N(0, I)": torch.randn(len(data), 2, generator=generator)}
+        return {name: nn_distance(x, data) for name, x in sets.items()}
+
+    @torch.no_grad()
+    def continuous_figures(self, pl_module, points: Tensor) -> dict:
+        """EDM / flow: ``samples``, ``field`` and ``trajectories`` from one recorded run of the run's ODE sampler."""
+        from ddpm.plots.toy import field_figure, path_panels_figure, points_figure
+
+        n, process, solver = self.num_samples, pl_module.process, pl_module.sampler.ode
+        data, second_draw = points[:n], points[n : 2 * n]
+        was_training = pl_module.training
+        pl_module.eval()
+        denoiser = pl_module.denoiser(use_ema=True)
+        x_T = torch.randn((n, 2), generator=self.generator(pl_module), device=pl_module.device)
+        times, paths = ode_paths(solver, denoiser, process, x_T)  # times (S - 1,), paths (S, n, 2) on the CPU
+        unclipped = denoiser.replace(clip_denoised=False)  # the network's own prediction, as VP's field
+
+        def reverse_velocity(x: Tensor, t: float) -> Tensor:
+            """-dx/dt = -(alpha' x0_hat + sigma' eps_hat) at points x (N, 2) and time t: where sampling moves x."""
+            t_b = torch.full((len(x),), t, device=pl_module.device)  # (N,)
+            return -unclipped.velocity(x.to(pl_module.device), t_b).float().cpu()
+
+        steps = sorted({round((1 - f) * (len(times) - 1)) for f in self.field_times})  # indices into times
+        nus = [float(process.noise_level(torch.tensor(times[k], dtype=torch.float64))) for k in steps]
+        titles = [f"t = {times[k]:.3g}   (ν = {nu:.3g})" for k, nu in zip(steps, nus)]
+        suptitle = (r"Reverse probability-flow velocity $-dx/dt = -(\alpha' \hat x_0 + \sigma' \hat\epsilon)$"
+                    " (grey: the data): arrows show its direction, colour its size")
+        field = field_figure(reverse_velocity, [times[k] for k in steps], titles, data, "|dx/dt|", suptitle)
+        pl_module.train(was_training)
+
+        name = sampler_name(pl_module.sampler)
+        panels = [(title, k) for title, k in zip(titles, steps)] + [("output $x_0$", len(paths) - 1)]
+        suptitle = (f"Reverse ODE: {n} points from $x_T \\sim N(0, I)$ through {len(times)} {name} steps "
+                    f"({solver.nfe()} network calls); mean straightness |x_0 - x_T| / path length "
+                    f"{straightness(paths).mean():.3f}")
+        references = self.references(data, second_draw, self.generator(pl_module))
+        samples = {f"{name}, {solver.nfe()} network calls": paths[-1].clamp(-1.0, 1.0)}
+        return {
+            "samples": points_figure(data, samples, nn_distance, references),
+            "field": field,
+            "trajectories": path_panels_figure(list(paths), panels, data, self.num_trajectories, suptitle),
         }
