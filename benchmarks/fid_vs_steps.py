@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--metric", default="fid", choices=["fid", "fd"], help="fid (Inception) or fd (the CPU classifier)")
     parser.add_argument("--num-samples", type=int, default=10000)
     parser.add_argument("--set", nargs="*", default=[], help="more evaluate.py overrides, e.g. reference_count=10000 batch_size=500")
+    parser.add_argument("--only-cached", action="store_true", help="with --out: read the cells already there, run none")
     parser.add_argument("--out", type=Path, help="folder for the cells and fid_vs_steps.{md,json,png} (default: <run>/eval)")
     args = parser.parse_args()
 
@@ -104,6 +105,8 @@ def main() -> None:
                 if steps is not None:
                     overrides.append(f"sampler.steps={steps}")
                 out_dir = args.out / f"{label or 'run'}_{name}_{steps}" if args.out else None
+                if args.only_cached and not (out_dir and (out_dir / "metrics.json").is_file()):
+                    continue
                 try:
                     result = cell(overrides, out_dir)
                 except ConfigError as e:  # e.g. more steps than the schedule has
