@@ -141,6 +141,8 @@ def compose_recipe(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
+    import ddpm.runs.resolvers  # noqa: F401  (the configs' ${ddpm.eq:...}, registered as train.py does)
+
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose("train", overrides=list(overrides))
     with open_dict(cfg):
@@ -198,7 +200,7 @@ def build_ours(setup: Setup, recipe: list[str], name: str | None = None, sampler
                     ema=f"{module.hparams.ema_decay} (warm-up (1+n)/(10+n))",
                     loss=type(module.loss).__name__,
                     prediction=cfg.denoiser.get("prediction_type") or cfg.denoiser.get("prediction"),
-                    schedule=(cfg.schedule or cfg.process)._target_.rsplit(".", 1)[-1], clip=clip,
+                    schedule=(cfg.get("schedule") or cfg.process)._target_.rsplit(".", 1)[-1], clip=clip,
                     precision="bf16" if bf16 else "fp32"),
         handle=module, config=cfg,
     )

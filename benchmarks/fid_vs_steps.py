@@ -132,9 +132,14 @@ def main() -> None:
                                                        "metric": args.metric, args.metric: score,
                                                        "images_per_second": speed}, indent=2) + "\n")
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, cells in score.items():
+    run_labels = list(dict.fromkeys(label.partition(": ")[0] for label in score if ": " in label))
+    sampler_labels = list(dict.fromkeys(label.rpartition(": ")[2] for label in score))
+    for label, cells in score.items():  # a colour per sampler, a line style per run
         xs = sorted(cells)
-        ax.plot(xs, [cells[x] for x in xs], marker="o", label=label)
+        run = label.partition(": ")[0] if ": " in label else None
+        style = ("-", "--", ":", "-.")[run_labels.index(run) % 4] if run else "-"
+        ax.plot(xs, [cells[x] for x in xs], marker="o", linestyle=style, label=label,
+                color=f"C{sampler_labels.index(label.rpartition(': ')[2]) % 10}")
     ax.set(xscale="log", yscale="log", xlabel="network evaluations (NFE)", ylabel=f"{name} ({args.num_samples} samples)",
            title=f"{name} against network evaluations")
     ax.set_xticks(columns, [str(c) for c in columns])
