@@ -63,6 +63,8 @@ BAD = {  # (process, overrides, what the one line says)
     "churn < 0": ("flow", ["sampler.S_churn=-1"], "sampler.S_churn=-1 is not allowed"),
     "churn on DPM-Solver++": ("edm", ["sampler=dpmpp_2m", "sampler.S_churn=1"], "sampler.S_churn=1"),
     "an integer interval": ("edm", ["guidance.interval=[0.2,a]"], "guidance.interval"),
+    "an experiment's VP key": ("edm", ["experiment=mnist_cpu"], "denoiser.prediction_type=v is not an option of "
+                               "denoiser=ContinuousDenoiser \\(process=edm\\)"),
 }
 
 
@@ -115,3 +117,43 @@ def test_the_fd_callback_samples_a_flow_run_with_its_own_sampler(tmp_path, monke
     callback = next(c for c in trainer.callbacks if type(c).__name__ == "ClassifierMetricsCallback")
     assert callback.sampler is trainer.lightning_module.sampler and callback.sampler.name == "heun"
     assert "val/fd" in (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize("process", ["edm", "flow"])
+def test_a_continuous_run_resumed_mid_epoch_is_bit_identical(process, tmp_path):
+    """The noise levels and eps of every step come from the per-step generator on every process, so a run resumed
+    from step 4 ends with the uninterrupted run's weights, EMA and optimizer state, bit for bit."""
+    from ddpm.runs.train import train as train_run
+
+    run = [f"process={process}", *CONTINUOUS_TINY, "trainer.max_steps=8", "callbacks.checkpoint.every_n_train_steps=4",
+           "callbacks.sample_grid=null"]
+    train_run(compose_train(*run, tmp_path=tmp_path / "whole"))
+    step4 = tmp_path / "whole" / "checkpoints" / "step_0000004.ckpt"
+    train_run(compose_train(*run, f"ckpt_path={step4}", tmp_path=tmp_path / "resumed"))
+    whole, resumed = (torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=True) for d in ("whole", "resumed"))
+    assert whole["global_step"] == resumed["global_step"] == 8 and resumed["process"] == process
+    for key, value in whole["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    for index, state in whole["optimizer_states"][0]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, resumed["optimizer_states"][0]["state"][index][name]), (index, name)
+
+
+def test_latent_diffusion_on_flow_trains_and_samples_latents(tmp_path):
+    """codec=autoencoder on process=flow: the batch is encoded, the velocity net trained on latents, samples
+    decoded to images; clipping x0_hat (pixels' range) is refused for latents as on VP."""
+    from support.autoencoder_fixtures import save_autoencoder
+
+    from ddpm.runs.build import build_module
+    from ddpm.runs.train import train as train_run
+
+    ae = save_autoencoder(tmp_path / "ae", 0, "data=digits", "model.base_channels=8", "model.channel_mult=[1]",
+                          "model.norm_groups=4", "model.attention=false")
+    latent = ["process=flow", *CONTINUOUS_TINY, "codec=autoencoder", f"codec.autoencoder_ckpt={ae}", "model=unet_latent",
+              "model.base_channels=32", "model.num_res_blocks=1", "codec.scale_images=256", "trainer.max_steps=2"]
+    with pytest.raises(Exception, match="denoiser.clip_denoised=true clips x0_hat to \\[-1, 1\\]"):
+        build_module(compose_train(*latent, tmp_path=tmp_path / "clip"))
+    trainer = train_run(compose_train(*latent, "denoiser.clip_denoised=false", tmp_path=tmp_path / "run"))
+    module = trainer.lightning_module
+    images = module.sample(3, torch.Generator().manual_seed(0), cond=torch.tensor([0, 1, 2]))
+    assert module.sample_shape == (4, 8, 8) and images.shape == (3, 1, 8, 8) and torch.isfinite(images).all()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from hydra.utils import instantiate
+import inspect
+
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ddpm.diffusion.processes import VPProcess
@@ -34,6 +36,8 @@ def build_module(cfg: DictConfig, datamodule=None) -> DiffusionModule:
     codec = build_codec(cfg, shape, model_args) if kind == "latent" else None  # the frozen autoencoder; None: pixels
     if codec is not None:
         shape = codec.latent_shape  # the diffusion runs on (c, h, w) latents
+    for group in ("denoiser", "loss"):
+        check_option_keys(cfg, group)
     schedule = instantiate(cfg.schedule) if cfg.get("schedule") is not None else None
     return instantiate(
         cfg.module,
@@ -51,6 +55,22 @@ def build_module(cfg: DictConfig, datamodule=None) -> DiffusionModule:
         lr_schedule=instantiate(cfg.lr_schedule) if cfg.get("lr_schedule") else None,
         guidance=instantiate(cfg.guidance) if cfg.get("guidance") else None,  # runs from before guidance: None
     )
+
+
+def check_option_keys(cfg: DictConfig, group: str) -> None:
+    """A key of ``cfg[group]`` its constructor does not take is one line (an experiment's VP option, e.g.
+    ``denoiser.prediction_type: v``, composed with ``process=flow``, whose denoiser has no such key)."""
+    node = cfg.get(group)
+    target = None if node is None else node.get("_target_")
+    if not isinstance(target, str):
+        return
+    parameters = inspect.signature(get_object(target)).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        return
+    extra = [k for k in node if not k.startswith("_") and k not in parameters]
+    if extra:
+        raise ConfigError(f"{group}.{extra[0]}={node[extra[0]]} is not an option of {group}={target.rpartition('.')[2]} "
+                          f"(process={process_choice(cfg)}): it takes {', '.join(k for k in parameters if k not in ('net', 'schedule', 'process'))}")
 
 
 def build_process(cfg: DictConfig, schedule):

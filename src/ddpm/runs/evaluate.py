@@ -65,7 +65,7 @@ def denoiser_summary(denoiser) -> dict:
     """What metrics.json records of the denoiser sampled: the VP ``Denoiser``'s prediction, clipping and variance,
     or a continuous one's prediction and sigma_data."""
     if isinstance(denoiser, ContinuousDenoiser):
-        return dict(prediction=denoiser.prediction, sigma_data=denoiser.sigma_data)
+        return dict(prediction=denoiser.prediction, sigma_data=denoiser.sigma_data, clip_denoised=denoiser.clip_denoised)
     return dict(prediction_type=denoiser.prediction_type, clip_denoised=denoiser.clip_denoised, variance=denoiser.variance)
 
 
