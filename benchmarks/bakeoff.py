@@ -249,7 +249,9 @@ def save_run(c: Contender, run_dir: Path, step: int) -> None:
 
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     OmegaConf.save(c.config, run_dir / "config.yaml")
-    torch.save({"state_dict": c.handle.state_dict(), "global_step": step}, run_dir / "checkpoints" / "last.ckpt")
+    checkpoint = {"state_dict": c.handle.state_dict(), "global_step": step}
+    c.handle.on_save_checkpoint(checkpoint)  # what the module records beside its weights (its process, ...)
+    torch.save(checkpoint, run_dir / "checkpoints" / "last.ckpt")
 
 
 def slug(name: str) -> str:
