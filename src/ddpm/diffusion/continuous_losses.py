@@ -22,7 +22,7 @@ from torch import Tensor
 from ddpm.diffusion.continuous_denoiser import ContinuousDenoiser
 from ddpm.diffusion.noise_levels import (positive_number, edm_loss_weight, edm_training_sigma, logit_normal_t, shifted_time,
                                          uniform_t)
-from ddpm.diffusion.processes import EDMProcess, FlowProcess, VPProcess
+from ddpm.diffusion.processes import EDMProcess, FlowProcess, process_name
 from ddpm.errors import ConfigError, check_choice
 
 FLOW_TIMES = ("logit_normal", "uniform")
@@ -34,9 +34,7 @@ def _float_dtype(x0: Tensor) -> torch.dtype:
 
 def _name(denoiser) -> str:
     """The ``process=`` choice of a denoiser's process: vp (the discrete Denoiser), edm, flow."""
-    process = getattr(denoiser, "process", None)
-    names = {EDMProcess: "edm", FlowProcess: "flow", VPProcess: "vp"}
-    return f"process={names.get(type(process), 'vp' if process is None else type(process).__name__)}"
+    return f"process={process_name(getattr(denoiser, 'process', None))}"
 
 
 def _number(name: str, value) -> float:

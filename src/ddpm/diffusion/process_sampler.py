@@ -38,24 +38,13 @@ from ddpm.diffusion.denoiser import Denoiser
 from ddpm.diffusion.guidance import ClassifierFreeGuidance, guided_eps
 from ddpm.diffusion.multistep_samplers import DPMSolver2MSampler, DPMSolver3MSampler, EulerMaruyamaSampler
 from ddpm.diffusion.ode_samplers import DenoiseFn, EulerSampler, HeunSampler
-from ddpm.diffusion.processes import EDMProcess, FlowProcess, GaussianProcess, VPProcess
+from ddpm.diffusion.processes import GaussianProcess, VPProcess, process_name
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import ConfigError
 
 PREDICTIONS = {"epsilon": "eps", "x0": "x0", "v": "v"}  # the Denoiser's prediction_type -> ContinuousDenoiser's
 SOLVERS = {"heun": HeunSampler, "euler": EulerSampler, "dpmpp_2m": DPMSolver2MSampler, "dpmpp_3m": DPMSolver3MSampler,
            "euler_maruyama": EulerMaruyamaSampler}
-
-
-def process_name(process: GaussianProcess | None) -> str:
-    """``vp``, ``edm`` or ``flow``: the ``process=`` choice a process object comes from (None: vp)."""
-    if process is None or isinstance(process, VPProcess):
-        return "vp"
-    if isinstance(process, EDMProcess):
-        return "edm"
-    if isinstance(process, FlowProcess):
-        return "flow"
-    return type(process).__name__
 
 
 def sampler_name(sampler) -> str:

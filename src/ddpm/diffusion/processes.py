@@ -193,6 +193,17 @@ class VPProcess(GaussianProcess):
         return (t_hi + frac).clamp(0, self.num_timesteps - 1)
 
 
+def process_name(process: GaussianProcess | None) -> str:
+    """``vp``, ``edm`` or ``flow``: the ``process=`` choice a process object comes from (None: vp)."""
+    if process is None or isinstance(process, VPProcess):
+        return "vp"
+    if isinstance(process, EDMProcess):
+        return "edm"
+    if isinstance(process, FlowProcess):
+        return "flow"
+    return type(process).__name__
+
+
 # ---- EDM's preconditioning and sigma spacing (Karras et al. 2022, Table 1) -----------------------
 def edm_preconditioning(nu: Tensor, sigma_data: float = 0.5) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(c_skip, c_out, c_in, c_noise) of EDM at noise level nu (Table 1, "EDM" column):

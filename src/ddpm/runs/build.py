@@ -7,7 +7,6 @@ import inspect
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ddpm.diffusion.processes import VPProcess
 from ddpm.errors import ConfigError
 from ddpm.runs.autoencoder_load import load_autoencoder
 from ddpm.runs.build_autoencoder import build_autoencoder_module
@@ -47,7 +46,7 @@ def build_module(cfg: DictConfig, datamodule=None) -> DiffusionModule:
         conditioning=conditioning,
         codec=codec,
         schedule=schedule,
-        process=build_process(cfg, schedule),
+        process=build_process(cfg),
         denoiser=instantiate(cfg.denoiser),
         loss=instantiate(cfg.loss),
         sampler=instantiate(cfg.sampler),
@@ -73,19 +72,12 @@ def check_option_keys(cfg: DictConfig, group: str) -> None:
                           f"(process={process_choice(cfg)}): it takes {', '.join(k for k in parameters if k not in ('net', 'schedule', 'process'))}")
 
 
-def build_process(cfg: DictConfig, schedule):
-    """The run's Gaussian path (``conf/process/``): ``VPProcess`` on the run's schedule (also for runs from before
-    the process group, which have no ``process`` node), ``EDMProcess`` or ``FlowProcess``."""
+def build_process(cfg: DictConfig):
+    """The run's Gaussian path (``conf/process/``): None for VP (the module builds ``VPProcess`` on its schedule;
+    also runs from before the process group, which have no ``process`` node), else ``EDMProcess`` or
+    ``FlowProcess``. A schedule without VP, or VP without one, is the module's one line (``check_process``)."""
     node = cfg.get("process")
-    if node is None or node.get("_target_") == VP_TARGET:
-        if schedule is None:
-            raise ConfigError("process=vp needs a noise schedule (schedule=linear|cosine|...), got schedule=null")
-        return VPProcess(schedule)
-    if schedule is not None:
-        raise ConfigError(f"schedule={cfg.schedule._target_.rpartition('.')[2]} is a VP option, but process="
-                          f"{process_choice(cfg)} has no beta schedule: drop the schedule override (its noise levels are "
-                          "the process's own options)")
-    return instantiate(node)
+    return None if node is None or node.get("_target_") == VP_TARGET else instantiate(node)
 
 
 def net_args(cfg: DictConfig, conditioning: Conditioning) -> dict:

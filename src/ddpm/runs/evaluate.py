@@ -31,7 +31,8 @@ from torchvision.utils import save_image
 from ddpm.data.pixels import from_uint8
 from ddpm.diffusion.continuous_denoiser import ContinuousDenoiser
 from ddpm.diffusion.guidance import check_labels, check_scale
-from ddpm.diffusion.process_sampler import check_sampler, process_name
+from ddpm.diffusion.process_sampler import check_sampler
+from ddpm.diffusion.processes import process_name
 from ddpm.diffusion.likelihood import dataset_bpd
 from ddpm.errors import ConfigError, check_choice
 from ddpm.evaluation.distances import INCEPTION_METRICS, check_metrics, score_images

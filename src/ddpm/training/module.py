@@ -25,8 +25,8 @@ from ddpm.diffusion.continuous_denoiser import ContinuousDenoiser
 from ddpm.diffusion.continuous_losses import EDMLoss, FlowMatchingLoss
 from ddpm.diffusion.denoiser import Denoiser
 from ddpm.diffusion.guidance import ClassifierFreeGuidance, check_scale
-from ddpm.diffusion.process_sampler import check_sampler, process_name
-from ddpm.diffusion.processes import GaussianProcess, VPProcess
+from ddpm.diffusion.process_sampler import check_sampler
+from ddpm.diffusion.processes import GaussianProcess, VPProcess, process_name
 from ddpm.diffusion.schedules import NoiseSchedule
 from ddpm.errors import ConfigError
 from ddpm.training.checkpoints import check_steps_left, current_name

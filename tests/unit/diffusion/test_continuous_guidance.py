@@ -11,8 +11,8 @@ from ddpm.diffusion import schedules
 from ddpm.diffusion.continuous_denoiser import ContinuousDenoiser
 from ddpm.diffusion.continuous_losses import EDMLoss
 from ddpm.diffusion.guidance import ClassifierFreeGuidance
-from ddpm.diffusion.process_sampler import ODESampler, check_sampler, process_name
-from ddpm.diffusion.processes import EDMProcess, FlowProcess, VPProcess
+from ddpm.diffusion.process_sampler import ODESampler, check_sampler
+from ddpm.diffusion.processes import EDMProcess, FlowProcess, VPProcess, process_name
 from ddpm.diffusion.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler
 from ddpm.errors import ConfigError
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ddpm.diffusion.process_sampler import process_name
+from ddpm.diffusion.processes import process_name
 from ddpm.errors import ConfigError
 
 
